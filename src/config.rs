@@ -1,0 +1,155 @@
+//! Server configuration: every bound and knob, with its unit last, in one validated struct.
+//! Built from defaults, then an optional TOML file, then command-line flags (main.rs).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::credential::{PrefixError, Prefixes};
+use crate::protocol;
+
+/// The server's settings. Field names are the TOML keys (docs/OPERATIONS.md lists them).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where the pepper, master secret, admin token and key table live.
+    pub data_dir: PathBuf,
+    /// Verify port address.
+    pub listen: SocketAddr,
+    /// Control port address (admin operations).
+    pub control: SocketAddr,
+    /// Number of shards; 0 means one per available CPU.
+    pub shards: usize,
+    /// CPUs to pin shards to, in order; empty means the CPUs this process may run on.
+    pub cpus: Vec<usize>,
+    /// Open verify connections one shard accepts; past it new ones get a `busy` error.
+    pub connections_per_shard_max: usize,
+    /// Largest frame body accepted, in bytes.
+    pub frame_body_bytes_max: usize,
+    /// A verify connection silent this long is closed.
+    pub idle_timeout_ms: u64,
+    /// How long an idle shard spins before it parks in the kernel: trades idle CPU for latency.
+    pub spin_before_park_us: u64,
+    /// Kernel accept backlog per shard.
+    pub listen_backlog: u32,
+    /// Memory each shard registers with io_uring for its buffers.
+    pub io_memory_bytes: usize,
+    /// Prefix of secret keys.
+    pub prefix: String,
+    /// Prefix of keys marked public.
+    pub public_prefix: String,
+}
+
+/// Bounds on the bounds.
+pub const SHARDS_MAX: usize = 1024;
+pub const CONNECTIONS_PER_SHARD_LIMIT: usize = 1 << 20;
+pub const SPIN_BEFORE_PARK_US_MAX: u64 = 1_000_000;
+pub const IO_MEMORY_BYTES_MIN: usize = 64 * 1024;
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            data_dir: PathBuf::from("./keyward-data"),
+            listen: "127.0.0.1:7500".parse().unwrap(),
+            control: "127.0.0.1:7501".parse().unwrap(),
+            shards: 0,
+            cpus: Vec::new(),
+            connections_per_shard_max: 4096,
+            frame_body_bytes_max: protocol::BODY_BYTES_DEFAULT,
+            idle_timeout_ms: 300_000,
+            spin_before_park_us: 200,
+            listen_backlog: 1024,
+            io_memory_bytes: 256 * 1024,
+            prefix: "kw".to_string(),
+            public_prefix: "kwpub".to_string(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field} must be {expected}, got {value}")]
+    Range { field: &'static str, expected: String, value: String },
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+}
+
+impl ServerConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Checks every field's range; the server runs only a validated config.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn range<T: std::fmt::Display + PartialOrd>(
+            field: &'static str,
+            value: T,
+            low: T,
+            high: T,
+        ) -> Result<(), ConfigError> {
+            if value < low || value > high {
+                return Err(ConfigError::Range {
+                    field,
+                    expected: format!("between {low} and {high}"),
+                    value: value.to_string(),
+                });
+            }
+            Ok(())
+        }
+        range("shards", self.shards, 0, SHARDS_MAX)?;
+        range("connections_per_shard_max", self.connections_per_shard_max, 1, CONNECTIONS_PER_SHARD_LIMIT)?;
+        range(
+            "frame_body_bytes_max",
+            self.frame_body_bytes_max,
+            protocol::BODY_BYTES_DEFAULT,
+            protocol::BODY_BYTES_LIMIT,
+        )?;
+        range("idle_timeout_ms", self.idle_timeout_ms, 1, 24 * 3600 * 1000)?;
+        range("spin_before_park_us", self.spin_before_park_us, 0, SPIN_BEFORE_PARK_US_MAX)?;
+        range("listen_backlog", self.listen_backlog, 1, 65535)?;
+        range("io_memory_bytes", self.io_memory_bytes, IO_MEMORY_BYTES_MIN, 1 << 30)?;
+        self.prefixes()?;
+        Ok(())
+    }
+
+    pub fn prefixes(&self) -> Result<Prefixes, PrefixError> {
+        Prefixes::new(&self.prefix, &self.public_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        ServerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let config: ServerConfig = toml::from_str("shards = 2\nlisten = \"127.0.0.1:9000\"").unwrap();
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.idle_timeout_ms, ServerConfig::default().idle_timeout_ms);
+        assert!(toml::from_str::<ServerConfig>("shard = 2").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let config = ServerConfig { connections_per_shard_max: 0, ..Default::default() };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("connections_per_shard_max"), "{message}");
+    }
+}

@@ -1,0 +1,29 @@
+//! keyward: an API-key verification appliance.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`credential`] | the key format: prefix, base32 body, checksum; parsing; keyed hashing |
+//! | [`record`] | key records and their value types (time, status, address ranges) |
+//! | [`snapshot`] | the memory-mapped key table: build, write atomically, map, validate, look up |
+//! | [`verify`] | the verify decision, from credential and requirements to a status |
+//! | [`protocol`] | the verify protocol codec (docs/PROTOCOL.md) |
+//! | [`shard`] | one core's server loop: accept, read, answer, write |
+//! | [`server`] | start-up and shutdown: data directory, sockets, one pinned executor per shard |
+//! | [`datadir`] | the data directory: secrets, lock, snapshot path |
+//! | [`config`] | every server setting and bound, validated |
+//! | [`client`] | a blocking client for the verify protocol |
+//! | [`keyset`] | generated key sets and key files for tests, demos and benchmarks |
+
+pub mod client;
+pub mod config;
+pub mod credential;
+pub mod datadir;
+pub mod keyset;
+pub mod protocol;
+pub mod record;
+pub mod server;
+pub mod shard;
+pub mod snapshot;
+pub mod verify;

@@ -1,0 +1,170 @@
+//! `keyward`: the server binary. Thin: parse flags into a config, then `server::run`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use keyward::config::ServerConfig;
+use keyward::protocol::Status;
+use keyward::server::{self, Shutdown};
+
+#[derive(Parser)]
+#[command(name = "keyward", version, about = "API-key verification server", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the verify port from a data directory (created with fresh secrets on first run).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML file with any of the settings below (flags given here override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: secrets and key table [default: ./keyward-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Verify port address [default: 127.0.0.1:7500]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Control port address, for admin operations [default: 127.0.0.1:7501]
+    #[arg(long, value_name = "ADDR")]
+    control: Option<SocketAddr>,
+    /// Number of shards (one pinned thread each) [default: one per available CPU]
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// CPUs to pin shards to, comma-separated, e.g. 0,2 [default: those this process may use]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Open connections per shard before new ones are refused [default: 4096]
+    #[arg(long, value_name = "N")]
+    connections_per_shard_max: Option<usize>,
+    /// Largest frame body accepted, in bytes [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    frame_body_bytes_max: Option<usize>,
+    /// Close connections idle this long, in milliseconds [default: 300000]
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Microseconds an idle shard spins before it sleeps: lower saves idle CPU, higher cuts
+    /// latency at low load [default: 200]
+    #[arg(long, value_name = "US")]
+    spin_before_park_us: Option<u64>,
+    /// Kernel accept backlog per shard [default: 1024]
+    #[arg(long, value_name = "N")]
+    listen_backlog: Option<u32>,
+    /// Prefix of secret keys [default: kw]
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// Prefix of keys marked public [default: kwpub]
+    #[arg(long, value_name = "PREFIX")]
+    public_prefix: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<ServerConfig, keyward::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => ServerConfig::from_file(path)?,
+            None => ServerConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(value) = self.$field { config.$field = value; } )* };
+        }
+        set!(
+            data_dir,
+            listen,
+            control,
+            shards,
+            cpus,
+            connections_per_shard_max,
+            frame_body_bytes_max,
+            idle_timeout_ms,
+            spin_before_park_us,
+            listen_backlog,
+            prefix,
+            public_prefix
+        );
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("keyward: error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = args.into_config().map_err(|e| e.to_string())?;
+    let shutdown = Shutdown::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, shutdown.flag()).map_err(|e| e.to_string())?;
+    }
+    let data_dir = config.data_dir.clone();
+    let reports = server::run(config, shutdown, |ready| {
+        let mut out = std::io::stdout().lock();
+        if ready.data_dir_created {
+            let _ = writeln!(
+                out,
+                "keyward: created data directory {} (pepper, master key and admin token, mode 0600)",
+                data_dir.display()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "keyward: {} keys loaded from {} (snapshot sequence {})",
+            ready.records,
+            data_dir.display(),
+            ready.snapshot_sequence
+        );
+        let _ = writeln!(
+            out,
+            "keyward: verify port listening on {} with {} shard(s) on CPU(s) {:?}",
+            ready.verify_address,
+            ready.cpus.len(),
+            ready.cpus
+        );
+        let _ = writeln!(out, "keyward: press Ctrl-C to stop");
+        let _ = out.flush();
+    })
+    .map_err(|e| e.to_string())?;
+
+    let mut totals = [0u64; Status::ALL.len()];
+    let mut accepted = 0;
+    for report in &reports {
+        accepted += report.connections_accepted;
+        for (total, count) in totals.iter_mut().zip(report.by_status) {
+            *total += count;
+        }
+    }
+    let answered: Vec<String> = Status::ALL
+        .iter()
+        .zip(totals)
+        .filter(|(_, count)| *count > 0)
+        .map(|(status, count)| format!("{status} {count}"))
+        .collect();
+    println!(
+        "keyward: stopped; {accepted} connections served; answers: {}",
+        if answered.is_empty() { "none".to_string() } else { answered.join(", ") }
+    );
+    Ok(())
+}

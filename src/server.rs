@@ -1,0 +1,205 @@
+//! Starting and stopping the server: open the data directory, map the table, bind one listening
+//! socket per shard, start one pinned glommio executor per shard, wait for shutdown.
+
+use std::net::SocketAddr;
+use std::os::unix::io::IntoRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::datadir::{DataDir, DataDirError};
+use crate::shard::{self, ShardReport, ShardSettings};
+use crate::snapshot::{Snapshot, SnapshotError};
+use crate::verify::Verifier;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot load the key table: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    IoUring(String),
+    #[error("cannot start shard {shard} on CPU {cpu}: {message}")]
+    Executor { shard: usize, cpu: usize, message: String },
+    #[error("shard {0} stopped abnormally (panicked)")]
+    ShardPanicked(usize),
+}
+
+/// A flag that asks the server to stop; cheap to clone, safe to set from a signal handler.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The flag itself, for `signal_hook::flag::register`.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+/// What a started server tells its caller.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub verify_address: SocketAddr,
+    pub cpus: Vec<usize>,
+    pub records: u64,
+    pub snapshot_sequence: u64,
+    pub data_dir_created: bool,
+}
+
+/// Runs the server until `shutdown` is triggered. `on_ready` is called once every shard's
+/// socket is listening (connections made after it are served).
+pub fn run(
+    config: ServerConfig,
+    shutdown: Shutdown,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<Vec<ShardReport>, ServerError> {
+    config.validate()?;
+    check_io_uring()?;
+    let data_dir = DataDir::open_or_create(&config.data_dir)?;
+    let snapshot = Snapshot::open(&data_dir.snapshot_path())?;
+    let verifier = Arc::new(Verifier::new(data_dir.pepper(), config.prefixes().map_err(ConfigError::from)?));
+    let cpus = choose_cpus(&config);
+
+    let mut address = config.listen;
+    let mut listeners = Vec::with_capacity(cpus.len());
+    for _ in &cpus {
+        let socket = bind_listener(address, config.listen_backlog)?;
+        address = socket.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(address);
+        listeners.push(socket);
+    }
+
+    let settings = ShardSettings {
+        connections_max: config.connections_per_shard_max,
+        frame_body_bytes_max: config.frame_body_bytes_max,
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+    };
+    let mut handles = Vec::with_capacity(cpus.len());
+    for (index, (cpu, listener)) in cpus.iter().copied().zip(listeners).enumerate() {
+        let fd = listener.into_raw_fd();
+        let snapshot = snapshot.clone();
+        let verifier = verifier.clone();
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("keyward-shard-{index}"))
+            .spin_before_park(Duration::from_micros(config.spin_before_park_us))
+            .io_memory(config.io_memory_bytes);
+        let handle = builder
+            .spawn(move || shard::serve(index, fd, snapshot, verifier, settings, shutdown))
+            .map_err(|e| ServerError::Executor { shard: index, cpu, message: e.to_string() })?;
+        handles.push(handle);
+    }
+
+    on_ready(&Ready {
+        verify_address: address,
+        cpus: cpus.clone(),
+        records: snapshot.header().record_count,
+        snapshot_sequence: snapshot.header().sequence,
+        data_dir_created: data_dir.was_created(),
+    });
+
+    let mut reports = Vec::with_capacity(handles.len());
+    let mut failure = None;
+    for (index, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(report) => reports.push(report),
+            Err(_) => {
+                shutdown.trigger();
+                failure.get_or_insert(ServerError::ShardPanicked(index));
+            }
+        }
+    }
+    drop(data_dir);
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(reports),
+    }
+}
+
+/// One CPU per shard: the configured list, else the CPUs this process may run on.
+fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
+    let available: Vec<usize> = if config.cpus.is_empty() {
+        core_affinity::get_core_ids()
+            .map(|ids| ids.into_iter().map(|id| id.id).collect())
+            .filter(|ids: &Vec<usize>| !ids.is_empty())
+            .unwrap_or_else(|| vec![0])
+    } else {
+        config.cpus.clone()
+    };
+    let shards = if config.shards == 0 { available.len() } else { config.shards };
+    (0..shards).map(|i| available[i % available.len()]).collect()
+}
+
+/// A listening socket with SO_REUSEPORT (so every shard can bind the same port) and our own
+/// backlog, handed to glommio by file descriptor.
+fn bind_listener(address: SocketAddr, backlog: u32) -> Result<socket2::Socket, ServerError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let error = |source| ServerError::Bind { address, source };
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))
+        .map_err(error)?;
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.set_reuse_port(true).map_err(error)?;
+    socket.set_nonblocking(true).map_err(error)?;
+    socket.bind(&address.into()).map_err(error)?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32).map_err(error)?;
+    Ok(socket)
+}
+
+/// Probes io_uring with a tiny ring and turns a refusal into advice.
+pub fn check_io_uring() -> Result<(), ServerError> {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if disabled == 2 {
+        return Err(ServerError::IoUring(
+            "io_uring is disabled on this machine (kernel.io_uring_disabled = 2); keyward needs it: \
+             run `sysctl kernel.io_uring_disabled=0` as root"
+                .into(),
+        ));
+    }
+    let mut params = [0u8; 120]; // struct io_uring_params, zeroed
+    // SAFETY: io_uring_setup reads and writes `params`, which is large enough; the returned
+    // descriptor is closed right away.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd >= 0 {
+        // SAFETY: fd is a descriptor we own.
+        unsafe { libc::close(fd as i32) };
+        return Ok(());
+    }
+    let errno = std::io::Error::last_os_error();
+    let advice = match errno.raw_os_error() {
+        Some(libc::ENOSYS) => "the kernel has no io_uring (Linux 5.8 or newer is needed) or a seccomp \
+                               profile hides it (containers: allow io_uring_setup, io_uring_enter, \
+                               io_uring_register)",
+        Some(libc::EPERM) => "io_uring is restricted (kernel.io_uring_disabled = 1 lets only the \
+                              io_uring_group use it, or a seccomp profile forbids it): run \
+                              `sysctl kernel.io_uring_disabled=0` or allow the syscalls",
+        Some(libc::ENOMEM) => "the locked-memory limit is too low: raise it with `ulimit -l 8192` \
+                               (or LimitMEMLOCK= in a systemd unit)",
+        _ => "see io_uring_setup(2)",
+    };
+    Err(ServerError::IoUring(format!("cannot use io_uring ({errno}): {advice}")))
+}

@@ -1,0 +1,240 @@
+//! One shard: a glommio executor pinned to one CPU, with its own listener, its own connections
+//! and its own counters. The verify path here takes no lock and does no cross-core atomic RMW:
+//! it reads the shared mapped table and writes only shard-local state.
+//!
+//! Per connection: read as many bytes as the buffer holds, answer every whole frame in it, write
+//! all the answers back in one write, repeat. Pipelined clients therefore cost one read and one
+//! write per batch of frames, not per frame.
+
+use std::cell::Cell;
+use std::io::ErrorKind;
+use std::os::unix::io::{FromRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::protocol::{self, opcode, ErrorCode, Frame, Status};
+use crate::record::UnixSeconds;
+use crate::server::Shutdown;
+use crate::snapshot::Snapshot;
+use crate::verify::{self, Verifier};
+
+/// First size of a connection's read buffer; it grows to hold one largest frame when needed.
+pub const READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+/// Answers are flushed once this many bytes are pending, even mid-batch.
+pub const WRITE_FLUSH_BYTES: usize = 256 * 1024;
+/// How often an idle shard looks at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// Back-off after a failed accept (EMFILE and friends leave the connection queued, so an
+/// immediate retry would spin).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Per-shard bounds, from the config.
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    pub connections_max: usize,
+    pub frame_body_bytes_max: usize,
+    pub idle_timeout: Duration,
+}
+
+/// What a shard did, reported when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct ShardReport {
+    pub shard: usize,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub by_status: [u64; Status::ALL.len()],
+    pub errors_sent: u64,
+}
+
+struct ShardState {
+    snapshot: Arc<Snapshot>,
+    verifier: Arc<Verifier>,
+    settings: ShardSettings,
+    connections_open: Cell<usize>,
+    connections_accepted: Cell<u64>,
+    connections_refused: Cell<u64>,
+    by_status: [Cell<u64>; Status::ALL.len()],
+    errors_sent: Cell<u64>,
+}
+
+/// The shard's main future: accept until shutdown, then return the counters.
+pub async fn serve(
+    index: usize,
+    listener_fd: RawFd,
+    snapshot: Arc<Snapshot>,
+    verifier: Arc<Verifier>,
+    settings: ShardSettings,
+    shutdown: Shutdown,
+) -> ShardReport {
+    // SAFETY: the descriptor is a bound, listening, non-blocking TCP socket handed over by
+    // server::run, owned by this shard alone from now on.
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
+    let state = Rc::new(ShardState {
+        snapshot,
+        verifier,
+        settings,
+        connections_open: Cell::new(0),
+        connections_accepted: Cell::new(0),
+        connections_refused: Cell::new(0),
+        by_status: Default::default(),
+        errors_sent: Cell::new(0),
+    });
+    let accepting = accept_loop(&listener, &state);
+    let stopping = async {
+        while !shutdown.is_triggered() {
+            glommio::timer::sleep(SHUTDOWN_POLL).await;
+        }
+    };
+    futures_lite::future::or(accepting, stopping).await;
+    ShardReport {
+        shard: index,
+        connections_accepted: state.connections_accepted.get(),
+        connections_refused: state.connections_refused.get(),
+        by_status: std::array::from_fn(|i| state.by_status[i].get()),
+        errors_sent: state.errors_sent.get(),
+    }
+}
+
+async fn accept_loop(listener: &TcpListener, state: &Rc<ShardState>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                eprintln!("keyward: accept failed: {error}; backing off");
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        if state.connections_open.get() >= state.settings.connections_max {
+            state.connections_refused.set(state.connections_refused.get() + 1);
+            glommio::spawn_local(refuse(stream)).detach();
+            continue;
+        }
+        state.connections_open.set(state.connections_open.get() + 1);
+        state.connections_accepted.set(state.connections_accepted.get() + 1);
+        let state = state.clone();
+        glommio::spawn_local(async move {
+            let _ = connection(stream, &state).await;
+            state.connections_open.set(state.connections_open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let mut out = Vec::new();
+    protocol::put_error_frame(&mut out, 0, ErrorCode::Busy, "shard is at its connection limit");
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+/// Serves one connection until the peer closes, idles out, or breaks the framing.
+async fn connection(mut stream: TcpStream, state: &ShardState) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(state.settings.idle_timeout))?;
+    let frame_bytes_max = protocol::HEADER_BYTES + state.settings.frame_body_bytes_max;
+    let mut input = vec![0u8; READ_BUFFER_BYTES_INITIAL.min(frame_bytes_max)];
+    let mut filled = 0usize;
+    let mut output: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES_INITIAL);
+    loop {
+        if filled == input.len() {
+            // A frame larger than the buffer is pending (its header passed the size check).
+            input.resize(frame_bytes_max, 0);
+        }
+        let read = match stream.read(&mut input[filled..]).await {
+            Ok(0) => return Ok(()),
+            Ok(read) => read,
+            Err(error) if error.kind() == ErrorKind::TimedOut => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        filled += read;
+        let now = UnixSeconds::now();
+        let mut consumed = 0;
+        let fatal = loop {
+            match protocol::decode_frame(&input[consumed..filled], state.settings.frame_body_bytes_max)
+            {
+                Ok(Some(frame)) => {
+                    consumed += frame.bytes();
+                    answer(state, &frame, now, &mut output);
+                    if output.len() >= WRITE_FLUSH_BYTES {
+                        stream.write_all(&output).await?;
+                        output.clear();
+                    }
+                }
+                Ok(None) => break false,
+                Err(error) => {
+                    protocol::put_error_frame(&mut output, 0, error.code(), &error.to_string());
+                    state.errors_sent.set(state.errors_sent.get() + 1);
+                    break true;
+                }
+            }
+        };
+        input.copy_within(consumed..filled, 0);
+        filled -= consumed;
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            output.clear();
+        }
+        if fatal {
+            stream.close().await?;
+            return Ok(());
+        }
+    }
+}
+
+/// Appends the answer to one frame.
+fn answer(state: &ShardState, frame: &Frame<'_>, now: UnixSeconds, output: &mut Vec<u8>) {
+    let request_id = frame.header.request_id;
+    let snapshot = &*state.snapshot;
+    match frame.header.opcode {
+        opcode::PING if frame.body.is_empty() => {
+            protocol::put_header(output, opcode::PONG, request_id, 0);
+        }
+        opcode::PING => bad_body(state, output, request_id, protocol::BodyError::PingBody),
+        opcode::VERIFY => match protocol::parse_verify(frame.body) {
+            Ok(request) => {
+                let start = protocol::begin_frame(output, opcode::VERIFY_RESULT, request_id);
+                let verdict = state.verifier.verify(snapshot, &request, now);
+                count(state, verdict.status);
+                verify::put_verdict(output, snapshot, &verdict);
+                protocol::end_frame(output, start);
+            }
+            Err(error) => bad_body(state, output, request_id, error),
+        },
+        opcode::VERIFY_BATCH => match protocol::check_batch(frame.body) {
+            Ok(count_items) => {
+                let start = protocol::begin_frame(output, opcode::VERIFY_BATCH_RESULT, request_id);
+                output.extend_from_slice(&(count_items as u16).to_le_bytes());
+                let items = protocol::BatchItems::new(frame.body).expect("checked above");
+                for request in items {
+                    let request = request.expect("checked above");
+                    let verdict = state.verifier.verify(snapshot, &request, now);
+                    count(state, verdict.status);
+                    verify::put_verdict(output, snapshot, &verdict);
+                }
+                protocol::end_frame(output, start);
+            }
+            Err(error) => bad_body(state, output, request_id, error),
+        },
+        other => {
+            let message = format!("unknown opcode {other:#04x}");
+            protocol::put_error_frame(output, request_id, ErrorCode::UnknownOpcode, &message);
+            state.errors_sent.set(state.errors_sent.get() + 1);
+        }
+    }
+}
+
+fn bad_body(state: &ShardState, output: &mut Vec<u8>, request_id: u32, error: protocol::BodyError) {
+    protocol::put_error_frame(output, request_id, ErrorCode::BadBody, &error.to_string());
+    state.errors_sent.set(state.errors_sent.get() + 1);
+}
+
+#[inline]
+fn count(state: &ShardState, status: Status) {
+    let cell = &state.by_status[status as usize];
+    cell.set(cell.get() + 1);
+}

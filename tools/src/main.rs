@@ -1,0 +1,483 @@
+//! `keyward-ctl`: verify a credential against a running server, and the offline key-table tools
+//! (generate a key set, build a table from JSON lines, inspect and check a snapshot).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use keyward::client::Client;
+use keyward::credential::{self, Hasher, KeyId, Parsed, Prefixes};
+use keyward::datadir::DataDir;
+use keyward::keyset;
+use keyward::protocol::{Status, VerifyRequest};
+use keyward::record::{Cidr, KeyKind, KeyRecord, KeyStatus, UnixSeconds};
+use keyward::snapshot::{self, Snapshot};
+
+#[derive(Parser)]
+#[command(name = "keyward-ctl", version, about = "keyward admin client and offline key-table tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask a running server whether a credential is valid (exit 0: valid, 1: not valid).
+    Verify(VerifyArgs),
+    /// Key sets for tests, demos and benchmarks.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Offline key-table (snapshot) tools.
+    #[command(subcommand)]
+    Table(TableCommand),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The credential: a keyward key, an imported key or a derived token.
+    credential: String,
+    /// Verify port of the server.
+    #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
+    server: String,
+    /// Scope the key must carry, e.g. orders:read.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Address of the end client, checked against the key's allowlist.
+    #[arg(long, value_name = "ADDR")]
+    ip: Option<IpAddr>,
+    /// Tenant the key must belong to.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct PrefixArgs {
+    /// Prefix of secret keys (must match the server's --prefix).
+    #[arg(long, default_value = "kw")]
+    prefix: String,
+    /// Prefix of public keys (must match the server's --public-prefix).
+    #[arg(long, default_value = "kwpub")]
+    public_prefix: String,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Mint N keys into a data directory's table and write their plaintext credentials, each
+    /// with the status a plain VERIFY must return, to a key file.
+    Generate {
+        /// Data directory (created if missing; the server must not be running on it).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// How many credentials to write (about 1 in 20 is deliberately unknown to the table).
+        #[arg(long, value_name = "N")]
+        count: usize,
+        /// Where to write the credentials (mode 0600): `credential<TAB>status` per line.
+        #[arg(long, value_name = "FILE")]
+        out_keys: PathBuf,
+        /// Replace a table that already holds keys.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        prefixes: PrefixArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TableCommand {
+    /// Build a data directory's table from JSON lines (one key per line; see docs/FORMATS.md).
+    Build {
+        /// Data directory (created if missing; the server must not be running on it).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The JSON-lines file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Replace a table that already holds keys.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        prefixes: PrefixArgs,
+    },
+    /// Show a snapshot's header, counts and first records (never secrets).
+    Inspect {
+        /// A snapshot file, or a data directory.
+        file: PathBuf,
+        /// How many records to list.
+        #[arg(long, default_value_t = 10)]
+        records: usize,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fully validate a snapshot (exit 0: good, 1: refused, with the reason).
+    Check {
+        /// A snapshot file, or a data directory.
+        file: PathBuf,
+    },
+}
+
+/// Exit code for "the answer is no" (invalid credential, bad snapshot).
+const EXIT_NO: u8 = 1;
+/// Exit code for usage and environment errors.
+const EXIT_ERROR: u8 = 2;
+
+enum Failure {
+    No(String),
+    Error(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure::Error(error.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::No(message)) => {
+            if !message.is_empty() {
+                eprintln!("keyward-ctl: {message}");
+            }
+            ExitCode::from(EXIT_NO)
+        }
+        Err(Failure::Error(message)) => {
+            eprintln!("keyward-ctl: error: {message}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Verify(args) => verify(args),
+        Command::Keys(KeysCommand::Generate { data_dir, count, out_keys, force, prefixes }) => {
+            generate(&data_dir, count, &out_keys, force, &prefixes)
+        }
+        Command::Table(TableCommand::Build { data_dir, from, force, prefixes }) => {
+            build(&data_dir, &from, force, &prefixes)
+        }
+        Command::Table(TableCommand::Inspect { file, records, json }) => {
+            inspect(&file, records, json)
+        }
+        Command::Table(TableCommand::Check { file }) => check(&file),
+    }
+}
+
+fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    let mut client = Client::connect(&args.server)
+        .map_err(|e| Failure::Error(format!("cannot reach {}: {e}", args.server)))?;
+    client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let request = VerifyRequest {
+        credential: args.credential.as_bytes(),
+        scope: args.scope.as_deref().map(str::as_bytes),
+        tenant: args.tenant.as_deref().map(str::as_bytes),
+        address: args.ip,
+    };
+    let result = client.verify(&request)?;
+    if args.json {
+        let grant = result.grant.as_ref().map(|g| {
+            json!({
+                "key_id": g.key_id,
+                "tenant": g.tenant,
+                "scopes": g.scopes,
+                "expires": g.expires.map(|e| e.0),
+                "claims": g.claims.iter().cloned().collect::<BTreeMap<_, _>>(),
+            })
+        });
+        let mut value = json!({ "status": result.status.name(), "valid": result.status == Status::Valid });
+        if let Some(grant) = grant {
+            value["key"] = grant;
+        }
+        println!("{value}");
+    } else if let Some(grant) = &result.grant {
+        let expires = grant.expires.map_or("never".to_string(), |e| e.0.to_string());
+        println!(
+            "valid: key {} tenant {:?} scopes [{}] expires {}",
+            grant.key_id,
+            grant.tenant,
+            grant.scopes.join(", "),
+            expires
+        );
+    } else {
+        println!("{}", result.status);
+    }
+    if result.status == Status::Valid {
+        Ok(())
+    } else {
+        Err(Failure::No(String::new()))
+    }
+}
+
+fn prefixes(args: &PrefixArgs) -> Result<Prefixes, Failure> {
+    Ok(Prefixes::new(&args.prefix, &args.public_prefix)?)
+}
+
+/// Refuses to replace a table holding keys unless forced.
+fn guard_existing(data_dir: &DataDir, force: bool) -> Result<(), Failure> {
+    let existing = Snapshot::open(&data_dir.snapshot_path())
+        .map(|s| s.header().record_count)
+        .unwrap_or(0);
+    if existing > 0 && !force {
+        return Err(Failure::Error(format!(
+            "{} already holds {existing} keys; pass --force to replace them",
+            data_dir.snapshot_path().display()
+        )));
+    }
+    Ok(())
+}
+
+fn generate(
+    data_dir: &Path,
+    count: usize,
+    out_keys: &Path,
+    force: bool,
+    prefix_args: &PrefixArgs,
+) -> Result<(), Failure> {
+    let prefixes = prefixes(prefix_args)?;
+    if count == 0 || count > snapshot::RECORDS_MAX {
+        return Err(Failure::Error(format!("--count must be 1 to {}", snapshot::RECORDS_MAX)));
+    }
+    let data_dir = DataDir::open_or_create(data_dir)?;
+    guard_existing(&data_dir, force)?;
+    let hasher = Hasher::new(data_dir.pepper());
+    eprintln!("keyward-ctl: minting {count} keys…");
+    let set = keyset::generate(count, &hasher, &prefixes, UnixSeconds::now());
+    let bytes = snapshot::encode(&set.records, 0, UnixSeconds::now())?;
+    snapshot::write_atomic(&data_dir.snapshot_path(), &bytes)?;
+
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode_private()
+        .open(out_keys)
+        .map_err(|e| Failure::Error(format!("{}: {e}", out_keys.display())))?;
+    let mut writer = BufWriter::new(file);
+    keyset::write_key_file(&mut writer, &set.keys)?;
+    writer.flush()?;
+
+    let mut by_status: BTreeMap<Status, usize> = BTreeMap::new();
+    for key in &set.keys {
+        *by_status.entry(key.expected).or_default() += 1;
+    }
+    let mix: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!(
+        "wrote {} keys to {} ({} bytes) and {} credentials to {}",
+        set.records.len(),
+        data_dir.snapshot_path().display(),
+        bytes.len(),
+        set.keys.len(),
+        out_keys.display()
+    );
+    println!("expected answers: {}", mix.join(", "));
+    Ok(())
+}
+
+trait ModePrivate {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl ModePrivate for std::fs::OpenOptions {
+    fn mode_private(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+/// One line of a records file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordLine {
+    credential: String,
+    id: Option<u64>,
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    not_before: Option<u64>,
+    expires: Option<u64>,
+    #[serde(default)]
+    revoked: bool,
+    #[serde(default)]
+    allow: Vec<Cidr>,
+}
+
+fn build(data_dir: &Path, from: &Path, force: bool, prefix_args: &PrefixArgs) -> Result<(), Failure> {
+    let prefixes = prefixes(prefix_args)?;
+    let input = File::open(from).map_err(|e| Failure::Error(format!("{}: {e}", from.display())))?;
+    let data_dir = DataDir::open_or_create(data_dir)?;
+    guard_existing(&data_dir, force)?;
+    let hasher = Hasher::new(data_dir.pepper());
+    let now = UnixSeconds::now();
+    let mut records = Vec::new();
+    let mut imported_without_id = Vec::new();
+    for (number, line) in BufReader::new(input).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |message: String| Failure::Error(format!("{}:{}: {message}", from.display(), number + 1));
+        let parsed: RecordLine = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+        let mut record = KeyRecord {
+            id: KeyId(parsed.id.unwrap_or(0)),
+            kind: KeyKind::Native,
+            hash: [0; 32],
+            tenant: parsed.tenant,
+            name: parsed.name,
+            scopes: parsed.scopes,
+            created: now,
+            not_before: UnixSeconds(parsed.not_before.unwrap_or(now.0)),
+            expires: parsed.expires.map(UnixSeconds),
+            status: if parsed.revoked { KeyStatus::Revoked } else { KeyStatus::Active },
+            visibility: credential::Visibility::Secret,
+            allow: parsed.allow,
+        };
+        match credential::parse(parsed.credential.as_bytes(), &prefixes) {
+            Parsed::Native(native) => {
+                if parsed.id.is_some_and(|id| id != native.key_id.0) {
+                    return Err(at(format!("id {} differs from the credential's id {}", record.id, native.key_id)));
+                }
+                record.id = native.key_id;
+                record.visibility = native.visibility;
+                record.hash = hasher.native(native.key_id, &native.secret);
+            }
+            Parsed::Malformed(error) => return Err(at(format!("credential: {error}"))),
+            Parsed::Other => {
+                let length = parsed.credential.len();
+                if !(credential::IMPORTED_BYTES_MIN..=credential::IMPORTED_BYTES_MAX).contains(&length) {
+                    return Err(at(format!(
+                        "imported key must be {} to {} bytes, not {length}",
+                        credential::IMPORTED_BYTES_MIN,
+                        credential::IMPORTED_BYTES_MAX
+                    )));
+                }
+                record.kind = KeyKind::Imported;
+                record.hash = hasher.imported(parsed.credential.as_bytes());
+                if parsed.id.is_none() {
+                    imported_without_id.push(records.len());
+                }
+            }
+        }
+        record.validate().map_err(|e| at(e.to_string()))?;
+        records.push(record);
+    }
+    let mut next_id = records.iter().map(|r| r.id.0).max().unwrap_or(0) + 1;
+    for index in imported_without_id {
+        records[index].id = KeyId(next_id);
+        next_id += 1;
+    }
+    let bytes = snapshot::encode(&records, 0, now)?;
+    snapshot::write_atomic(&data_dir.snapshot_path(), &bytes)?;
+    println!(
+        "wrote {} keys to {} ({} bytes)",
+        records.len(),
+        data_dir.snapshot_path().display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+fn snapshot_path(file: &Path) -> PathBuf {
+    if file.is_dir() {
+        file.join(snapshot::FILE_NAME)
+    } else {
+        file.to_path_buf()
+    }
+}
+
+fn inspect(file: &Path, limit: usize, as_json: bool) -> Result<(), Failure> {
+    let snapshot = Snapshot::open(&snapshot_path(file)).map_err(|e| Failure::No(e.to_string()))?;
+    let header = snapshot.header();
+    let now = UnixSeconds::now();
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut listed = Vec::new();
+    for record in snapshot.records() {
+        let state = match record.status {
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Active if record.expires.is_some_and(|e| now >= e) => "expired",
+            KeyStatus::Active if now < record.not_before => "not_yet_valid",
+            KeyStatus::Active => "active",
+        };
+        *counts.entry(state).or_default() += 1;
+        *counts.entry(if record.kind == KeyKind::Imported { "imported" } else { "native" }).or_default() += 1;
+        if listed.len() < limit {
+            listed.push(record);
+        }
+    }
+    let body = snapshot.body();
+    if as_json {
+        let records: Vec<_> = listed
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id.0, "kind": r.kind, "tenant": r.tenant, "name": r.name,
+                    "scopes": r.scopes, "created": r.created.0, "not_before": r.not_before.0,
+                    "expires": r.expires.map(|e| e.0), "status": r.status,
+                    "visibility": format!("{:?}", r.visibility).to_lowercase(), "allow": r.allow,
+                })
+            })
+            .collect();
+        let value = json!({
+            "path": snapshot.path(),
+            "format_version": snapshot::FORMAT_VERSION,
+            "sequence": header.sequence,
+            "records": header.record_count,
+            "body_bytes": header.body_bytes,
+            "created": header.created.0,
+            "tenants": body.tenants.len(),
+            "scopes": body.scopes.len(),
+            "counts": counts,
+            "first_records": records,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("snapshot       {}", snapshot.path().display());
+    println!("format         version {}", snapshot::FORMAT_VERSION);
+    println!("sequence       {}", header.sequence);
+    println!("records        {}", header.record_count);
+    println!("size           {} bytes (header {} + body {})", header.body_bytes + snapshot::HEADER_BYTES as u64, snapshot::HEADER_BYTES, header.body_bytes);
+    println!("created        {} (unix seconds)", header.created.0);
+    println!("dictionaries   {} tenants, {} scopes", body.tenants.len(), body.scopes.len());
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("counts         {}", summary.join(", "));
+    for record in listed {
+        let expires = record.expires.map_or("never".into(), |e| e.0.to_string());
+        println!(
+            "  key {:>8}  {:<8} {:<7} tenant {:?} scopes [{}] expires {} {:?}",
+            record.id.0,
+            format!("{:?}", record.kind).to_lowercase(),
+            format!("{:?}", record.status).to_lowercase(),
+            record.tenant,
+            record.scopes.join(","),
+            expires,
+            record.name
+        );
+    }
+    Ok(())
+}
+
+fn check(file: &Path) -> Result<(), Failure> {
+    let path = snapshot_path(file);
+    let snapshot = Snapshot::open(&path).map_err(|e| Failure::No(e.to_string()))?;
+    println!(
+        "ok: {} records, sequence {}, {} body bytes, checksums and invariants hold",
+        snapshot.header().record_count,
+        snapshot.header().sequence,
+        snapshot.header().body_bytes
+    );
+    Ok(())
+}
