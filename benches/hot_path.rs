@@ -38,11 +38,22 @@ fn fixture() -> Fixture {
     for i in 0..len {
         keys.swap(i, (i.wrapping_mul(2_654_435_761) ^ (i >> 3)) % len);
     }
-    Fixture { _dir: dir, snapshot, verifier: Verifier::new(&pepper, prefixes), keys, now }
+    Fixture {
+        _dir: dir,
+        snapshot,
+        verifier: Verifier::new(&pepper, prefixes),
+        keys,
+        now,
+    }
 }
 
 fn keys_with(fixture: &Fixture, status: Status) -> Vec<&ExpectedKey> {
-    fixture.keys.iter().filter(|k| k.expected == status).take(4096).collect()
+    fixture
+        .keys
+        .iter()
+        .filter(|k| k.expected == status)
+        .take(4096)
+        .collect()
 }
 
 fn benches(c: &mut Criterion) {
@@ -64,7 +75,10 @@ fn benches(c: &mut Criterion) {
     group.bench_function("parse_native", |b| {
         b.iter(|| {
             i = (i + 1) % native.len();
-            black_box(credential::parse(native[i].credential.as_bytes(), &prefixes));
+            black_box(credential::parse(
+                native[i].credential.as_bytes(),
+                &prefixes,
+            ));
         })
     });
     let mut typo = native[0].credential.clone().into_bytes();
@@ -82,7 +96,9 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("table_1m");
     group.throughput(Throughput::Elements(1));
     // Spread over the whole table, so most lookups miss the CPU caches as in production.
-    let ids: Vec<KeyId> = (0..(1u64 << 20)).map(|i| KeyId(1 + (i * 7_919_993) % 950_000)).collect();
+    let ids: Vec<KeyId> = (0..(1u64 << 20))
+        .map(|i| KeyId(1 + (i * 7_919_993) % 950_000))
+        .collect();
     let mut i = 0;
     group.bench_function("lookup_hit", |b| {
         b.iter(|| {
@@ -90,7 +106,9 @@ fn benches(c: &mut Criterion) {
             black_box(fixture.snapshot.find(ids[i]).is_some())
         })
     });
-    let misses: Vec<KeyId> = (0..(1u64 << 20)).map(|i| KeyId(keyset::UNKNOWN_ID_BASE + i * 31)).collect();
+    let misses: Vec<KeyId> = (0..(1u64 << 20))
+        .map(|i| KeyId(keyset::UNKNOWN_ID_BASE + i * 31))
+        .collect();
     group.bench_function("lookup_miss", |b| {
         b.iter(|| {
             i = (i + 1) % misses.len();
@@ -102,13 +120,22 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify_1m");
     group.throughput(Throughput::Elements(1));
     let mut output = Vec::with_capacity(4096);
-    for (name, keys) in [("native_valid", &native), ("native_unknown", &unknown), ("imported_valid", &imported)] {
+    for (name, keys) in [
+        ("native_valid", &native),
+        ("native_unknown", &unknown),
+        ("imported_valid", &imported),
+    ] {
         let mut i = 0;
         group.bench_function(name, |b| {
             b.iter(|| {
                 i = (i + 1) % keys.len();
-                let request = VerifyRequest { credential: keys[i].credential.as_bytes(), ..Default::default() };
-                let verdict = fixture.verifier.verify(&fixture.snapshot, &request, fixture.now);
+                let request = VerifyRequest {
+                    credential: keys[i].credential.as_bytes(),
+                    ..Default::default()
+                };
+                let verdict = fixture
+                    .verifier
+                    .verify(&fixture.snapshot, &request, fixture.now);
                 output.clear();
                 verify::put_verdict(&mut output, &fixture.snapshot, &verdict);
                 black_box(&output);
@@ -123,11 +150,17 @@ fn benches(c: &mut Criterion) {
     protocol::put_verify_frame(
         &mut frame,
         1,
-        &VerifyRequest { credential: native[0].credential.as_bytes(), scope: Some(b"orders:read"), ..Default::default() },
+        &VerifyRequest {
+            credential: native[0].credential.as_bytes(),
+            scope: Some(b"orders:read"),
+            ..Default::default()
+        },
     );
     group.bench_function("decode_verify_frame", |b| {
         b.iter(|| {
-            let decoded = protocol::decode_frame(black_box(&frame), protocol::BODY_BYTES_DEFAULT).unwrap().unwrap();
+            let decoded = protocol::decode_frame(black_box(&frame), protocol::BODY_BYTES_DEFAULT)
+                .unwrap()
+                .unwrap();
             black_box(protocol::parse_verify(decoded.body).unwrap());
         })
     });

@@ -41,7 +41,11 @@ impl Client {
     pub fn connect(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(address)?;
         stream.set_nodelay(true)?;
-        Ok(Client { stream, next_request_id: 1, output: Vec::with_capacity(4096) })
+        Ok(Client {
+            stream,
+            next_request_id: 1,
+            output: Vec::with_capacity(4096),
+        })
     }
 
     /// Sets how long a call waits for its answer.
@@ -67,7 +71,9 @@ impl Client {
     }
 
     pub fn verify(&mut self, request: &VerifyRequest<'_>) -> Result<VerifyResult, ClientError> {
-        Ok(self.verify_pipelined(std::slice::from_ref(request))?.remove(0))
+        Ok(self
+            .verify_pipelined(std::slice::from_ref(request))?
+            .remove(0))
     }
 
     /// Sends every request as its own VERIFY frame in one write, then reads the answers.
@@ -109,8 +115,8 @@ impl Client {
         protocol::put_batch_frame(&mut self.output, id, requests);
         self.stream.write_all(&self.output)?;
         let body = self.expect(id, opcode::VERIFY_BATCH_RESULT)?;
-        let results =
-            protocol::parse_batch_result(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let results = protocol::parse_batch_result(&body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         if results.len() != requests.len() {
             return Err(ClientError::Protocol(format!(
                 "batch of {} answered with {} results",
@@ -125,7 +131,8 @@ impl Client {
     fn expect(&mut self, request_id: u32, expected: u8) -> Result<Vec<u8>, ClientError> {
         let (header, body) = read_frame(&mut self.stream)?;
         if header.opcode == opcode::ERROR {
-            let error = protocol::parse_error(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let error =
+                protocol::parse_error(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
             return Err(ClientError::Server(error));
         }
         if header.opcode != expected || header.request_id != request_id {
@@ -147,7 +154,11 @@ pub fn read_frame(stream: &mut impl Read) -> Result<(FrameHeader, Vec<u8>), Clie
         Ok(None) => {
             // The header is whole; only the body is missing. Re-decode with the body read.
             let body_bytes = u32::from_le_bytes(header[8..12].try_into().unwrap());
-            FrameHeader { opcode: header[1], request_id: u32::from_le_bytes(header[4..8].try_into().unwrap()), body_bytes }
+            FrameHeader {
+                opcode: header[1],
+                request_id: u32::from_le_bytes(header[4..8].try_into().unwrap()),
+                body_bytes,
+            }
         }
         Err(error) => return Err(ClientError::Protocol(error.to_string())),
     };

@@ -72,11 +72,18 @@ impl Default for ServerConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{field} must be {expected}, got {value}")]
-    Range { field: &'static str, expected: String, value: String },
+    Range {
+        field: &'static str,
+        expected: String,
+        value: String,
+    },
     #[error(transparent)]
     Prefix(#[from] PrefixError),
 }
@@ -84,10 +91,14 @@ pub enum ConfigError {
 impl ServerConfig {
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &Path) -> Result<ServerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// Checks every field's range; the server runs only a validated config.
@@ -108,7 +119,12 @@ impl ServerConfig {
             Ok(())
         }
         range("shards", self.shards, 0, SHARDS_MAX)?;
-        range("connections_per_shard_max", self.connections_per_shard_max, 1, CONNECTIONS_PER_SHARD_LIMIT)?;
+        range(
+            "connections_per_shard_max",
+            self.connections_per_shard_max,
+            1,
+            CONNECTIONS_PER_SHARD_LIMIT,
+        )?;
         range(
             "frame_body_bytes_max",
             self.frame_body_bytes_max,
@@ -116,9 +132,19 @@ impl ServerConfig {
             protocol::BODY_BYTES_LIMIT,
         )?;
         range("idle_timeout_ms", self.idle_timeout_ms, 1, 24 * 3600 * 1000)?;
-        range("spin_before_park_us", self.spin_before_park_us, 0, SPIN_BEFORE_PARK_US_MAX)?;
+        range(
+            "spin_before_park_us",
+            self.spin_before_park_us,
+            0,
+            SPIN_BEFORE_PARK_US_MAX,
+        )?;
         range("listen_backlog", self.listen_backlog, 1, 65535)?;
-        range("io_memory_bytes", self.io_memory_bytes, IO_MEMORY_BYTES_MIN, 1 << 30)?;
+        range(
+            "io_memory_bytes",
+            self.io_memory_bytes,
+            IO_MEMORY_BYTES_MIN,
+            1 << 30,
+        )?;
         self.prefixes()?;
         Ok(())
     }
@@ -139,16 +165,23 @@ mod tests {
 
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_keys() {
-        let config: ServerConfig = toml::from_str("shards = 2\nlisten = \"127.0.0.1:9000\"").unwrap();
+        let config: ServerConfig =
+            toml::from_str("shards = 2\nlisten = \"127.0.0.1:9000\"").unwrap();
         assert_eq!(config.shards, 2);
         assert_eq!(config.listen.port(), 9000);
-        assert_eq!(config.idle_timeout_ms, ServerConfig::default().idle_timeout_ms);
+        assert_eq!(
+            config.idle_timeout_ms,
+            ServerConfig::default().idle_timeout_ms
+        );
         assert!(toml::from_str::<ServerConfig>("shard = 2").is_err());
     }
 
     #[test]
     fn out_of_range_values_are_named() {
-        let config = ServerConfig { connections_per_shard_max: 0, ..Default::default() };
+        let config = ServerConfig {
+            connections_per_shard_max: 0,
+            ..Default::default()
+        };
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("connections_per_shard_max"), "{message}");
     }

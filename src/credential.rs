@@ -47,7 +47,10 @@ pub const IMPORTED_BYTES_MAX: usize = 512;
 /// Longest native credential.
 pub const NATIVE_BYTES_MAX: usize = PREFIX_BYTES_MAX + 1 + BODY_CHARS;
 
-const _: () = assert!(PAYLOAD_BYTES * 8 % 5 == 0, "the body must need no base32 padding");
+const _: () = assert!(
+    PAYLOAD_BYTES * 8 % 5 == 0,
+    "the body must need no base32 padding"
+);
 const _: () = assert!(NATIVE_BYTES_MAX <= IMPORTED_BYTES_MAX);
 
 const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
@@ -109,7 +112,10 @@ pub struct Prefixes {
 
 impl Default for Prefixes {
     fn default() -> Prefixes {
-        Prefixes { secret: "kw".to_string(), public: "kwpub".to_string() }
+        Prefixes {
+            secret: "kw".to_string(),
+            public: "kwpub".to_string(),
+        }
     }
 }
 
@@ -117,7 +123,9 @@ impl Default for Prefixes {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PrefixError {
-    #[error("prefix {0:?} must be {PREFIX_BYTES_MIN} to {PREFIX_BYTES_MAX} lowercase letters or digits")]
+    #[error(
+        "prefix {0:?} must be {PREFIX_BYTES_MIN} to {PREFIX_BYTES_MAX} lowercase letters or digits"
+    )]
     Invalid(String),
     #[error("the secret and public prefixes must differ (both are {0:?})")]
     Same(String),
@@ -127,7 +135,9 @@ impl Prefixes {
     pub fn new(secret: &str, public: &str) -> Result<Prefixes, PrefixError> {
         for prefix in [secret, public] {
             let ok = (PREFIX_BYTES_MIN..=PREFIX_BYTES_MAX).contains(&prefix.len())
-                && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
             if !ok {
                 return Err(PrefixError::Invalid(prefix.to_string()));
             }
@@ -135,7 +145,10 @@ impl Prefixes {
         if secret == public {
             return Err(PrefixError::Same(secret.to_string()));
         }
-        Ok(Prefixes { secret: secret.to_string(), public: public.to_string() })
+        Ok(Prefixes {
+            secret: secret.to_string(),
+            public: public.to_string(),
+        })
     }
 
     fn for_visibility(&self, visibility: Visibility) -> &str {
@@ -214,12 +227,23 @@ impl NativeCredential {
 
 /// Parses a presented credential. Allocation-free; never panics on any input.
 pub fn parse(text: &[u8], prefixes: &Prefixes) -> Parsed {
-    let split = text.iter().take(PREFIX_BYTES_MAX + 1).position(|&b| b == b'_');
-    let Some(split) = split else { return Parsed::Other };
+    let split = text
+        .iter()
+        .take(PREFIX_BYTES_MAX + 1)
+        .position(|&b| b == b'_');
+    let Some(split) = split else {
+        return Parsed::Other;
+    };
     let prefix = &text[..split];
-    let Some(visibility) = prefixes.visibility_of(prefix) else { return Parsed::Other };
+    let Some(visibility) = prefixes.visibility_of(prefix) else {
+        return Parsed::Other;
+    };
     match parse_body(prefix, &text[split + 1..]) {
-        Ok((key_id, secret)) => Parsed::Native(NativeCredential { key_id, secret, visibility }),
+        Ok((key_id, secret)) => Parsed::Native(NativeCredential {
+            key_id,
+            secret,
+            visibility,
+        }),
         Err(error) => Parsed::Malformed(error),
     }
 }
@@ -350,13 +374,20 @@ mod tests {
         for (i, b) in secret.iter_mut().enumerate() {
             *b = i as u8;
         }
-        NativeCredential { key_id: KeyId(42), secret: Secret(secret), visibility: Visibility::Secret }
+        NativeCredential {
+            key_id: KeyId(42),
+            secret: Secret(secret),
+            visibility: Visibility::Secret,
+        }
     }
 
     #[test]
     fn test_vector_matches_formats_md() {
         let text = vector().encode(&Prefixes::default());
-        assert_eq!(text, "kw_aeaaaaaaaaaaakqaaebagbafaydqqcikbmga2dqpcaireeyuculbogazdinryhi6d7mnyfzx");
+        assert_eq!(
+            text,
+            "kw_aeaaaaaaaaaaakqaaebagbafaydqqcikbmga2dqpcaireeyuculbogazdinryhi6d7mnyfzx"
+        );
         let Parsed::Native(parsed) = parse(text.as_bytes(), &Prefixes::default()) else {
             panic!("vector did not parse")
         };
@@ -370,7 +401,9 @@ mod tests {
         credential.visibility = Visibility::Public;
         let text = credential.encode(&Prefixes::default());
         assert!(text.starts_with("kwpub_"));
-        let Parsed::Native(parsed) = parse(text.as_bytes(), &Prefixes::default()) else { panic!() };
+        let Parsed::Native(parsed) = parse(text.as_bytes(), &Prefixes::default()) else {
+            panic!()
+        };
         assert_eq!(parsed.visibility, Visibility::Public);
     }
 
@@ -388,9 +421,15 @@ mod tests {
     fn other_strings_are_not_native() {
         let prefixes = Prefixes::default();
         assert!(matches!(parse(b"", &prefixes), Parsed::Other));
-        assert!(matches!(parse(b"sk_live_abcdefghijklmnop", &prefixes), Parsed::Other));
+        assert!(matches!(
+            parse(b"sk_live_abcdefghijklmnop", &prefixes),
+            Parsed::Other
+        ));
         assert!(matches!(parse(b"kw", &prefixes), Parsed::Other));
-        assert!(matches!(parse(b"kw_", &prefixes), Parsed::Malformed(CredentialError::Length)));
+        assert!(matches!(
+            parse(b"kw_", &prefixes),
+            Parsed::Malformed(CredentialError::Length)
+        ));
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub const SECRET_FILE_BYTES: usize = 32;
 #[non_exhaustive]
 pub enum DataDirError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("data directory {path} is in use by another keyward process{holder}; stop it or use another --data-dir")]
     Locked { path: PathBuf, holder: String },
     #[error("{path}: expected {SECRET_FILE_BYTES} bytes, found {found} (damaged secret file; restore it from backup)")]
@@ -40,7 +43,10 @@ pub enum DataDirError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
-    move |source| DataDirError::Io { path: path.to_path_buf(), source }
+    move |source| DataDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// An opened, locked data directory. The lock is held until this value is dropped.
@@ -55,7 +61,9 @@ pub struct DataDir {
 
 impl std::fmt::Debug for DataDir {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataDir").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("DataDir")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,7 +72,11 @@ impl DataDir {
     /// takes its exclusive lock.
     pub fn open_or_create(path: &Path) -> Result<DataDir, DataDirError> {
         let created = !path.join(PEPPER_FILE).exists();
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io_error(path))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io_error(path))?;
         let lock = lock(path)?;
         let pepper = secret_file(&path.join(PEPPER_FILE))?;
         let master = secret_file(&path.join(MASTER_FILE))?;
@@ -74,7 +86,14 @@ impl DataDir {
             let bytes = snapshot::encode(&[], 0, UnixSeconds::now())?;
             snapshot::write_atomic(&snapshot_path, &bytes)?;
         }
-        Ok(DataDir { path: path.to_path_buf(), _lock: lock, pepper, master, admin_token, created })
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            _lock: lock,
+            pepper,
+            master,
+            admin_token,
+            created,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -122,7 +141,10 @@ fn lock(directory: &Path) -> Result<File, DataDirError> {
             "" => String::new(),
             pid => format!(" (pid {pid})"),
         };
-        return Err(DataDirError::Locked { path: directory.to_path_buf(), holder });
+        return Err(DataDirError::Locked {
+            path: directory.to_path_buf(),
+            holder,
+        });
     }
     file.set_len(0).map_err(io_error(&path))?;
     writeln!(file, "{}", std::process::id()).map_err(io_error(&path))?;
@@ -140,7 +162,10 @@ fn secret_file(path: &Path) -> Result<[u8; 32], DataDirError> {
     warn_if_readable_by_others(path);
     let bytes = fs::read(path).map_err(io_error(path))?;
     if bytes.len() != SECRET_FILE_BYTES {
-        return Err(DataDirError::SecretLength { path: path.to_path_buf(), found: bytes.len() });
+        return Err(DataDirError::SecretLength {
+            path: path.to_path_buf(),
+            found: bytes.len(),
+        });
     }
     secret.copy_from_slice(&bytes);
     Ok(secret)
@@ -155,7 +180,10 @@ fn admin_token_file(path: &Path) -> Result<String, DataDirError> {
         return Ok(token);
     }
     warn_if_readable_by_others(path);
-    Ok(fs::read_to_string(path).map_err(io_error(path))?.trim().to_string())
+    Ok(fs::read_to_string(path)
+        .map_err(io_error(path))?
+        .trim()
+        .to_string())
 }
 
 /// Writes a new file readable by its owner only, durably (file and directory fsynced).
@@ -169,7 +197,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     file.write_all(bytes).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))?;
     if let Some(directory) = path.parent() {
-        File::open(directory).and_then(|d| d.sync_all()).map_err(io_error(directory))?;
+        File::open(directory)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(directory))?;
     }
     Ok(())
 }

@@ -35,7 +35,11 @@ pub fn generate(count: usize, hasher: &Hasher, prefixes: &Prefixes, now: UnixSec
     for index in 0..count as u64 {
         let id = index + 1;
         let slot = index % 20;
-        let visibility = if slot % 7 == 3 { Visibility::Public } else { Visibility::Secret };
+        let visibility = if slot % 7 == 3 {
+            Visibility::Public
+        } else {
+            Visibility::Secret
+        };
         let mut record = KeyRecord {
             id: KeyId(id),
             kind: KeyKind::Native,
@@ -82,16 +86,28 @@ pub fn generate(count: usize, hasher: &Hasher, prefixes: &Prefixes, now: UnixSec
         } else {
             let secret = Secret::random();
             record.hash = hasher.native(record.id, &secret);
-            let key_id = if slot == 19 { KeyId(UNKNOWN_ID_BASE + id) } else { record.id };
+            let key_id = if slot == 19 {
+                KeyId(UNKNOWN_ID_BASE + id)
+            } else {
+                record.id
+            };
             if slot == 19 {
                 expected = Status::Unknown;
             }
-            NativeCredential { key_id, secret, visibility }.encode(prefixes)
+            NativeCredential {
+                key_id,
+                secret,
+                visibility,
+            }
+            .encode(prefixes)
         };
         if slot != 19 {
             records.push(record);
         }
-        keys.push(ExpectedKey { credential, expected });
+        keys.push(ExpectedKey {
+            credential,
+            expected,
+        });
     }
     KeySet { records, keys }
 }
@@ -109,7 +125,10 @@ fn scopes_for(index: u64) -> Vec<String> {
 
 /// Writes a key file: a comment line, then `credential<TAB>status` per line.
 pub fn write_key_file(out: &mut impl Write, keys: &[ExpectedKey]) -> std::io::Result<()> {
-    writeln!(out, "# keyward key file: credential<TAB>expected status of a plain VERIFY")?;
+    writeln!(
+        out,
+        "# keyward key file: credential<TAB>expected status of a plain VERIFY"
+    )?;
     for key in keys {
         writeln!(out, "{}\t{}", key.credential, key.expected)?;
     }
@@ -141,9 +160,15 @@ pub fn read_key_file(input: impl BufRead) -> Result<Vec<ExpectedKey>, KeyFileErr
             message: format!("unknown status {status:?}"),
         })?;
         if credential.len() > crate::protocol::CREDENTIAL_BYTES_MAX {
-            return Err(KeyFileError::Line { line: number + 1, message: "credential too long".into() });
+            return Err(KeyFileError::Line {
+                line: number + 1,
+                message: "credential too long".into(),
+            });
         }
-        keys.push(ExpectedKey { credential: credential.to_string(), expected });
+        keys.push(ExpectedKey {
+            credential: credential.to_string(),
+            expected,
+        });
     }
     Ok(keys)
 }

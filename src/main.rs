@@ -162,9 +162,18 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .filter(|(_, count)| *count > 0)
         .map(|(status, count)| format!("{status} {count}"))
         .collect();
+    let per_shard: Vec<String> = reports
+        .iter()
+        .map(|r| format!("shard {} {}", r.shard, r.connections_accepted))
+        .collect();
     println!(
-        "keyward: stopped; {accepted} connections served; answers: {}",
-        if answered.is_empty() { "none".to_string() } else { answered.join(", ") }
+        "keyward: stopped; {accepted} connections served ({}); answers: {}",
+        per_shard.join(", "),
+        if answered.is_empty() {
+            "none".to_string()
+        } else {
+            answered.join(", ")
+        }
     );
     Ok(())
 }

@@ -141,7 +141,10 @@ impl ErrorCode {
     pub fn is_fatal(self) -> bool {
         matches!(
             self,
-            ErrorCode::BadVersion | ErrorCode::BadFlags | ErrorCode::FrameTooLarge | ErrorCode::Busy
+            ErrorCode::BadVersion
+                | ErrorCode::BadFlags
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::Busy
         )
     }
 }
@@ -193,7 +196,9 @@ impl Frame<'_> {
 /// Finds the first frame in `buffer`. `Ok(None)`: more bytes are needed. The header is checked
 /// (version, flags, length against `body_bytes_max`) as soon as its 12 bytes are present.
 pub fn decode_frame(buffer: &[u8], body_bytes_max: usize) -> Result<Option<Frame<'_>>, FrameError> {
-    let Some(header) = buffer.get(..HEADER_BYTES) else { return Ok(None) };
+    let Some(header) = buffer.get(..HEADER_BYTES) else {
+        return Ok(None);
+    };
     if header[0] != VERSION {
         return Err(FrameError::Version(header[0]));
     }
@@ -203,7 +208,10 @@ pub fn decode_frame(buffer: &[u8], body_bytes_max: usize) -> Result<Option<Frame
     }
     let body_bytes = u32::from_le_bytes(header[8..12].try_into().unwrap());
     if body_bytes as usize > body_bytes_max {
-        return Err(FrameError::TooLarge { declared: body_bytes, limit: body_bytes_max });
+        return Err(FrameError::TooLarge {
+            declared: body_bytes,
+            limit: body_bytes_max,
+        });
     }
     let Some(body) = buffer.get(HEADER_BYTES..HEADER_BYTES + body_bytes as usize) else {
         return Ok(None);
@@ -333,8 +341,12 @@ fn read_verify<'a>(reader: &mut Reader<'a>) -> Result<VerifyRequest<'a>, BodyErr
     let tenant = reader.take(tenant_bytes)?;
     let address = match reader.u8()? {
         0 => None,
-        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(reader.take(4)?).unwrap()))),
-        6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(reader.take(16)?).unwrap()))),
+        4 => Some(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(reader.take(4)?).unwrap(),
+        ))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(reader.take(16)?).unwrap(),
+        ))),
         _ => return Err(BodyError::AddressFamily),
     };
     Ok(VerifyRequest {
@@ -378,7 +390,10 @@ impl<'a> BatchItems<'a> {
         if count == 0 || count > BATCH_ITEMS_MAX {
             return Err(BodyError::BatchCount);
         }
-        Ok(BatchItems { reader, remaining: count })
+        Ok(BatchItems {
+            reader,
+            remaining: count,
+        })
     }
 }
 
@@ -398,7 +413,10 @@ impl<'a> Iterator for BatchItems<'a> {
 pub fn put_verify(out: &mut Vec<u8>, request: &VerifyRequest<'_>) {
     let scope = request.scope.unwrap_or_default();
     let tenant = request.tenant.unwrap_or_default();
-    assert!(request.credential.len() <= CREDENTIAL_BYTES_MAX, "credential over its bound");
+    assert!(
+        request.credential.len() <= CREDENTIAL_BYTES_MAX,
+        "credential over its bound"
+    );
     assert!(scope.len() <= SCOPE_BYTES_MAX, "scope over its bound");
     assert!(tenant.len() <= TENANT_BYTES_MAX, "tenant over its bound");
     out.extend_from_slice(&(request.credential.len() as u16).to_le_bytes());
@@ -429,7 +447,10 @@ pub fn put_verify_frame(out: &mut Vec<u8>, request_id: u32, request: &VerifyRequ
 
 /// Appends a whole VERIFY_BATCH frame. Panics on 0 or more than [`BATCH_ITEMS_MAX`] items.
 pub fn put_batch_frame(out: &mut Vec<u8>, request_id: u32, requests: &[VerifyRequest<'_>]) {
-    assert!((1..=BATCH_ITEMS_MAX).contains(&requests.len()), "batch size out of bounds");
+    assert!(
+        (1..=BATCH_ITEMS_MAX).contains(&requests.len()),
+        "batch size out of bounds"
+    );
     let start = begin_frame(out, opcode::VERIFY_BATCH, request_id);
     out.extend_from_slice(&(requests.len() as u16).to_le_bytes());
     for request in requests {
@@ -524,7 +545,10 @@ fn read_result(reader: &mut Reader<'_>) -> Result<VerifyResult, BodyError> {
     let code = reader.u8()?;
     let status = Status::from_u8(code).ok_or(BodyError::Status(code))?;
     if status != Status::Valid {
-        return Ok(VerifyResult { status, grant: None });
+        return Ok(VerifyResult {
+            status,
+            grant: None,
+        });
     }
     let key_id = reader.u64()?;
     let expires = reader.u64()?;
@@ -545,7 +569,16 @@ fn read_result(reader: &mut Reader<'_>) -> Result<VerifyResult, BodyError> {
         claims.push((key, reader.text(value_bytes)?.to_string()));
     }
     let expires = (expires != 0).then_some(UnixSeconds(expires));
-    Ok(VerifyResult { status, grant: Some(Grant { key_id, expires, tenant, scopes, claims }) })
+    Ok(VerifyResult {
+        status,
+        grant: Some(Grant {
+            key_id,
+            expires,
+            tenant,
+            scopes,
+            claims,
+        }),
+    })
 }
 
 /// Parses a VERIFY_RESULT body.
@@ -608,7 +641,14 @@ mod tests {
         put_header(&mut frame, opcode::PING, 9, 0);
         assert_eq!(decode_frame(&frame[..11], 64), Ok(None));
         let decoded = decode_frame(&frame, 64).unwrap().unwrap();
-        assert_eq!(decoded.header, FrameHeader { opcode: opcode::PING, request_id: 9, body_bytes: 0 });
+        assert_eq!(
+            decoded.header,
+            FrameHeader {
+                opcode: opcode::PING,
+                request_id: 9,
+                body_bytes: 0
+            }
+        );
 
         let mut bad = frame.clone();
         bad[0] = 2;
@@ -618,12 +658,21 @@ mod tests {
         assert_eq!(decode_frame(&bad, 64), Err(FrameError::Flags(0x100)));
         let mut big = Vec::new();
         put_header(&mut big, opcode::VERIFY, 1, 65);
-        assert_eq!(decode_frame(&big, 64), Err(FrameError::TooLarge { declared: 65, limit: 64 }));
+        assert_eq!(
+            decode_frame(&big, 64),
+            Err(FrameError::TooLarge {
+                declared: 65,
+                limit: 64
+            })
+        );
     }
 
     #[test]
     fn verify_rejects_trailing_and_truncated() {
-        let request = VerifyRequest { credential: b"abc", ..Default::default() };
+        let request = VerifyRequest {
+            credential: b"abc",
+            ..Default::default()
+        };
         let mut body = Vec::new();
         put_verify(&mut body, &request);
         assert_eq!(parse_verify(&body), Ok(request));
@@ -635,8 +684,17 @@ mod tests {
 
     #[test]
     fn batch_count_is_bounded() {
-        assert_eq!(check_batch(&0u16.to_le_bytes()).err(), Some(BodyError::BatchCount));
-        assert_eq!(check_batch(&257u16.to_le_bytes()).err(), Some(BodyError::BatchCount));
-        assert_eq!(check_batch(&1u16.to_le_bytes()).err(), Some(BodyError::Truncated));
+        assert_eq!(
+            check_batch(&0u16.to_le_bytes()).err(),
+            Some(BodyError::BatchCount)
+        );
+        assert_eq!(
+            check_batch(&257u16.to_le_bytes()).err(),
+            Some(BodyError::BatchCount)
+        );
+        assert_eq!(
+            check_batch(&1u16.to_le_bytes()).err(),
+            Some(BodyError::Truncated)
+        );
     }
 }

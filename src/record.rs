@@ -148,7 +148,10 @@ impl FromStr for Cidr {
         if prefix_len < 128 {
             network &= !(u128::MAX >> prefix_len);
         }
-        Ok(Cidr { network: network.to_be_bytes(), prefix_len })
+        Ok(Cidr {
+            network: network.to_be_bytes(),
+            prefix_len,
+        })
     }
 }
 
@@ -236,8 +239,10 @@ impl KeyRecord {
         if self.scopes.len() > SCOPES_PER_KEY_MAX {
             return Err(RecordError::ScopeCount);
         }
-        if let Some(scope) =
-            self.scopes.iter().find(|s| s.is_empty() || s.len() > SCOPE_BYTES_MAX)
+        if let Some(scope) = self
+            .scopes
+            .iter()
+            .find(|s| s.is_empty() || s.len() > SCOPE_BYTES_MAX)
         {
             return Err(RecordError::ScopeLength(scope.clone()));
         }
@@ -277,7 +282,14 @@ mod tests {
 
     #[test]
     fn cidr_rejects_garbage() {
-        for text in ["", "10.0.0.0/33", "10.0.0/8", "::/129", "host", "10.0.0.0/x"] {
+        for text in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "::/129",
+            "host",
+            "10.0.0.0/x",
+        ] {
             assert!(text.parse::<Cidr>().is_err(), "{text}");
         }
     }

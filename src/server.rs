@@ -26,11 +26,18 @@ pub enum ServerError {
     #[error("cannot load the key table: {0}")]
     Snapshot(#[from] SnapshotError),
     #[error("cannot listen on {address}: {source}")]
-    Bind { address: SocketAddr, source: std::io::Error },
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     IoUring(String),
     #[error("cannot start shard {shard} on CPU {cpu}: {message}")]
-    Executor { shard: usize, cpu: usize, message: String },
+    Executor {
+        shard: usize,
+        cpu: usize,
+        message: String,
+    },
     #[error("shard {0} stopped abnormally (panicked)")]
     ShardPanicked(usize),
 }
@@ -79,14 +86,21 @@ pub fn run(
     check_io_uring()?;
     let data_dir = DataDir::open_or_create(&config.data_dir)?;
     let snapshot = Snapshot::open(&data_dir.snapshot_path())?;
-    let verifier = Arc::new(Verifier::new(data_dir.pepper(), config.prefixes().map_err(ConfigError::from)?));
+    let verifier = Arc::new(Verifier::new(
+        data_dir.pepper(),
+        config.prefixes().map_err(ConfigError::from)?,
+    ));
     let cpus = choose_cpus(&config);
 
     let mut address = config.listen;
     let mut listeners = Vec::with_capacity(cpus.len());
     for _ in &cpus {
         let socket = bind_listener(address, config.listen_backlog)?;
-        address = socket.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(address);
+        address = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(address);
         listeners.push(socket);
     }
 
@@ -108,7 +122,11 @@ pub fn run(
             .io_memory(config.io_memory_bytes);
         let handle = builder
             .spawn(move || shard::serve(index, fd, snapshot, verifier, settings, shutdown))
-            .map_err(|e| ServerError::Executor { shard: index, cpu, message: e.to_string() })?;
+            .map_err(|e| ServerError::Executor {
+                shard: index,
+                cpu,
+                message: e.to_string(),
+            })?;
         handles.push(handle);
     }
 
@@ -148,8 +166,14 @@ fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
     } else {
         config.cpus.clone()
     };
-    let shards = if config.shards == 0 { available.len() } else { config.shards };
-    (0..shards).map(|i| available[i % available.len()]).collect()
+    let shards = if config.shards == 0 {
+        available.len()
+    } else {
+        config.shards
+    };
+    (0..shards)
+        .map(|i| available[i % available.len()])
+        .collect()
 }
 
 /// A listening socket with SO_REUSEPORT (so every shard can bind the same port) and our own
@@ -157,13 +181,19 @@ fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
 fn bind_listener(address: SocketAddr, backlog: u32) -> Result<socket2::Socket, ServerError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let error = |source| ServerError::Bind { address, source };
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))
-        .map_err(error)?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(error)?;
     socket.set_reuse_address(true).map_err(error)?;
     socket.set_reuse_port(true).map_err(error)?;
     socket.set_nonblocking(true).map_err(error)?;
     socket.bind(&address.into()).map_err(error)?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32).map_err(error)?;
+    socket
+        .listen(backlog.min(i32::MAX as u32) as i32)
+        .map_err(error)?;
     Ok(socket)
 }
 
@@ -181,8 +211,8 @@ pub fn check_io_uring() -> Result<(), ServerError> {
         ));
     }
     let mut params = [0u8; 120]; // struct io_uring_params, zeroed
-    // SAFETY: io_uring_setup reads and writes `params`, which is large enough; the returned
-    // descriptor is closed right away.
+                                 // SAFETY: io_uring_setup reads and writes `params`, which is large enough; the returned
+                                 // descriptor is closed right away.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
     if fd >= 0 {
         // SAFETY: fd is a descriptor we own.
@@ -191,15 +221,23 @@ pub fn check_io_uring() -> Result<(), ServerError> {
     }
     let errno = std::io::Error::last_os_error();
     let advice = match errno.raw_os_error() {
-        Some(libc::ENOSYS) => "the kernel has no io_uring (Linux 5.8 or newer is needed) or a seccomp \
+        Some(libc::ENOSYS) => {
+            "the kernel has no io_uring (Linux 5.8 or newer is needed) or a seccomp \
                                profile hides it (containers: allow io_uring_setup, io_uring_enter, \
-                               io_uring_register)",
-        Some(libc::EPERM) => "io_uring is restricted (kernel.io_uring_disabled = 1 lets only the \
+                               io_uring_register)"
+        }
+        Some(libc::EPERM) => {
+            "io_uring is restricted (kernel.io_uring_disabled = 1 lets only the \
                               io_uring_group use it, or a seccomp profile forbids it): run \
-                              `sysctl kernel.io_uring_disabled=0` or allow the syscalls",
-        Some(libc::ENOMEM) => "the locked-memory limit is too low: raise it with `ulimit -l 8192` \
-                               (or LimitMEMLOCK= in a systemd unit)",
+                              `sysctl kernel.io_uring_disabled=0` or allow the syscalls"
+        }
+        Some(libc::ENOMEM) => {
+            "the locked-memory limit is too low: raise it with `ulimit -l 8192` \
+                               (or LimitMEMLOCK= in a systemd unit)"
+        }
         _ => "see io_uring_setup(2)",
     };
-    Err(ServerError::IoUring(format!("cannot use io_uring ({errno}): {advice}")))
+    Err(ServerError::IoUring(format!(
+        "cannot use io_uring ({errno}): {advice}"
+    )))
 }

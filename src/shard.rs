@@ -110,12 +110,16 @@ async fn accept_loop(listener: &TcpListener, state: &Rc<ShardState>) {
             }
         };
         if state.connections_open.get() >= state.settings.connections_max {
-            state.connections_refused.set(state.connections_refused.get() + 1);
+            state
+                .connections_refused
+                .set(state.connections_refused.get() + 1);
             glommio::spawn_local(refuse(stream)).detach();
             continue;
         }
         state.connections_open.set(state.connections_open.get() + 1);
-        state.connections_accepted.set(state.connections_accepted.get() + 1);
+        state
+            .connections_accepted
+            .set(state.connections_accepted.get() + 1);
         let state = state.clone();
         glommio::spawn_local(async move {
             let _ = connection(stream, &state).await;
@@ -127,7 +131,12 @@ async fn accept_loop(listener: &TcpListener, state: &Rc<ShardState>) {
 
 async fn refuse(mut stream: TcpStream) {
     let mut out = Vec::new();
-    protocol::put_error_frame(&mut out, 0, ErrorCode::Busy, "shard is at its connection limit");
+    protocol::put_error_frame(
+        &mut out,
+        0,
+        ErrorCode::Busy,
+        "shard is at its connection limit",
+    );
     let _ = stream.write_all(&out).await;
     let _ = stream.close().await;
 }
@@ -155,8 +164,10 @@ async fn connection(mut stream: TcpStream, state: &ShardState) -> std::io::Resul
         let now = UnixSeconds::now();
         let mut consumed = 0;
         let fatal = loop {
-            match protocol::decode_frame(&input[consumed..filled], state.settings.frame_body_bytes_max)
-            {
+            match protocol::decode_frame(
+                &input[consumed..filled],
+                state.settings.frame_body_bytes_max,
+            ) {
                 Ok(Some(frame)) => {
                     consumed += frame.bytes();
                     answer(state, &frame, now, &mut output);

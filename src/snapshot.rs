@@ -41,7 +41,10 @@ pub const RECORDS_MAX: usize = 1 << 30;
 /// Sentinel record index of an empty slot.
 const EMPTY: u32 = u32::MAX;
 
-const _: () = assert!(HEADER_BYTES % 16 == 0, "the archive after the header must stay aligned");
+const _: () = assert!(
+    HEADER_BYTES % 16 == 0,
+    "the archive after the header must stay aligned"
+);
 const _: () = assert!(RECORDS_MAX * 2 <= EMPTY as usize);
 
 /// One open-addressing slot: a key (key id, or imported fingerprint) and the record's index.
@@ -98,8 +101,13 @@ pub struct TableBody {
 #[non_exhaustive]
 pub enum SnapshotError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: file is {bytes} bytes, shorter than the {HEADER_BYTES}-byte header (truncated?)")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: file is {bytes} bytes, shorter than the {HEADER_BYTES}-byte header (truncated?)"
+    )]
     TooShort { path: PathBuf, bytes: u64 },
     #[error("{path}: not a keyward snapshot (bad magic)")]
     Magic { path: PathBuf },
@@ -107,8 +115,14 @@ pub enum SnapshotError {
     Version { path: PathBuf, found: u32 },
     #[error("{path}: header checksum mismatch (corrupted header)")]
     HeaderChecksum { path: PathBuf },
-    #[error("{path}: body is {found} bytes but the header says {expected} (truncated or extended file)")]
-    Length { path: PathBuf, expected: u64, found: u64 },
+    #[error(
+        "{path}: body is {found} bytes but the header says {expected} (truncated or extended file)"
+    )]
+    Length {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
     #[error("{path}: body checksum mismatch (corrupted file)")]
     BodyChecksum { path: PathBuf },
     #[error("{path}: archive does not validate: {detail}")]
@@ -128,7 +142,10 @@ pub enum SnapshotError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io { path: path.to_path_buf(), source }
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The fixed-size header in front of the archive.
@@ -161,7 +178,10 @@ impl Header {
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Header, SnapshotError> {
         let path = path.to_path_buf();
         if bytes.len() < HEADER_BYTES {
-            return Err(SnapshotError::TooShort { path, bytes: bytes.len() as u64 });
+            return Err(SnapshotError::TooShort {
+                path,
+                bytes: bytes.len() as u64,
+            });
         }
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
@@ -170,9 +190,16 @@ impl Header {
         }
         let version = u32_at(8);
         if version != FORMAT_VERSION {
-            return Err(SnapshotError::Version { path, found: version });
+            return Err(SnapshotError::Version {
+                path,
+                found: version,
+            });
         }
-        if u32_at(80) != crc32fast::hash(&bytes[0..80]) || u32_at(12) as usize != HEADER_BYTES {
+        let reserved_zero = bytes[84..HEADER_BYTES].iter().all(|&b| b == 0);
+        if u32_at(80) != crc32fast::hash(&bytes[0..80])
+            || u32_at(12) as usize != HEADER_BYTES
+            || !reserved_zero
+        {
             return Err(SnapshotError::HeaderChecksum { path });
         }
         Ok(Header {
@@ -188,10 +215,15 @@ impl Header {
 /// Builds the archived body from records. O(n log n); runs on the control plane or offline.
 pub fn build_body(records: &[KeyRecord]) -> Result<TableBody, SnapshotError> {
     if records.len() > RECORDS_MAX {
-        return Err(SnapshotError::TooManyRecords { count: records.len() });
+        return Err(SnapshotError::TooManyRecords {
+            count: records.len(),
+        });
     }
     for record in records {
-        record.validate().map_err(|source| SnapshotError::Record { id: record.id.0, source })?;
+        record.validate().map_err(|source| SnapshotError::Record {
+            id: record.id.0,
+            source,
+        })?;
     }
     let mut sorted: Vec<&KeyRecord> = records.iter().collect();
     sorted.sort_by_key(|record| record.id);
@@ -202,13 +234,16 @@ pub fn build_body(records: &[KeyRecord]) -> Result<TableBody, SnapshotError> {
     let mut tenants: Vec<String> = sorted.iter().map(|r| r.tenant.clone()).collect();
     tenants.sort();
     tenants.dedup();
-    let mut scopes: Vec<String> =
-        sorted.iter().flat_map(|r| r.scopes.iter().cloned()).collect();
+    let mut scopes: Vec<String> = sorted
+        .iter()
+        .flat_map(|r| r.scopes.iter().cloned())
+        .collect();
     scopes.sort();
     scopes.dedup();
     let index_of = |dictionary: &[String], name: &str| -> u32 {
-        dictionary.binary_search_by(|entry| entry.as_str().cmp(name)).expect("name in dictionary")
-            as u32
+        dictionary
+            .binary_search_by(|entry| entry.as_str().cmp(name))
+            .expect("name in dictionary") as u32
     };
 
     let stored: Vec<StoredRecord> = sorted
@@ -228,7 +263,10 @@ pub fn build_body(records: &[KeyRecord]) -> Result<TableBody, SnapshotError> {
             allow: record
                 .allow
                 .iter()
-                .map(|c| StoredRange { network: c.network, prefix_len: c.prefix_len })
+                .map(|c| StoredRange {
+                    network: c.network,
+                    prefix_len: c.prefix_len,
+                })
                 .collect(),
         })
         .collect();
@@ -249,10 +287,19 @@ pub fn build_body(records: &[KeyRecord]) -> Result<TableBody, SnapshotError> {
         let found = probe(&fingerprint_slots, fingerprint(&record.hash)).map(|slot| slot.record);
         if found != Some(index as u32) {
             let first = stored[found.expect("fingerprint inserted") as usize].id;
-            return Err(SnapshotError::DuplicateFingerprint { first, second: record.id });
+            return Err(SnapshotError::DuplicateFingerprint {
+                first,
+                second: record.id,
+            });
         }
     }
-    Ok(TableBody { id_slots, fingerprint_slots, records: stored, scopes, tenants })
+    Ok(TableBody {
+        id_slots,
+        fingerprint_slots,
+        records: stored,
+        scopes,
+        tenants,
+    })
 }
 
 /// Open-addressing table over `keys` (0 = not inserted). Keys that repeat keep their first
@@ -260,7 +307,13 @@ pub fn build_body(records: &[KeyRecord]) -> Result<TableBody, SnapshotError> {
 fn build_slots(keys: impl ExactSizeIterator<Item = u64>) -> Vec<Slot> {
     let capacity = (keys.len() * 2).next_power_of_two().max(16);
     let mask = capacity - 1;
-    let mut slots = vec![Slot { key: 0, record: EMPTY }; capacity];
+    let mut slots = vec![
+        Slot {
+            key: 0,
+            record: EMPTY
+        };
+        capacity
+    ];
     for (index, key) in keys.enumerate() {
         if key == 0 {
             continue;
@@ -268,7 +321,10 @@ fn build_slots(keys: impl ExactSizeIterator<Item = u64>) -> Vec<Slot> {
         let mut at = slot_hash(key) as usize & mask;
         loop {
             if slots[at].record == EMPTY {
-                slots[at] = Slot { key, record: index as u32 };
+                slots[at] = Slot {
+                    key,
+                    record: index as u32,
+                };
                 break;
             }
             if slots[at].key == key {
@@ -326,10 +382,15 @@ pub fn encode(
 /// Writes a snapshot atomically: a temporary file beside the target, fsync, rename, fsync of
 /// the directory. A crash leaves either the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let directory = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let temporary = directory.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("snapshot"),
         std::process::id()
     ));
     let result = (|| {
@@ -337,7 +398,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         file.write_all(bytes).map_err(io_error(&temporary))?;
         file.sync_all().map_err(io_error(&temporary))?;
         fs::rename(&temporary, path).map_err(io_error(path))?;
-        File::open(directory).and_then(|d| d.sync_all()).map_err(io_error(directory))
+        File::open(directory)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(directory))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temporary);
@@ -354,7 +417,10 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("path", &self.path).field("header", &self.header).finish()
+        f.debug_struct("Snapshot")
+            .field("path", &self.path)
+            .field("header", &self.header)
+            .finish()
     }
 }
 
@@ -364,7 +430,10 @@ impl Snapshot {
         let file = File::open(path).map_err(io_error(path))?;
         let bytes = file.metadata().map_err(io_error(path))?.len();
         if bytes < HEADER_BYTES as u64 {
-            return Err(SnapshotError::TooShort { path: path.to_path_buf(), bytes });
+            return Err(SnapshotError::TooShort {
+                path: path.to_path_buf(),
+                bytes,
+            });
         }
         // SAFETY: the file is never modified in place (new snapshots are new files renamed over
         // the old name), and the data directory is locked against other keyward processes.
@@ -380,14 +449,26 @@ impl Snapshot {
         }
         let body = &map[HEADER_BYTES..];
         if blake3::hash(body).as_bytes() != &header.body_digest {
-            return Err(SnapshotError::BodyChecksum { path: path.to_path_buf() });
+            return Err(SnapshotError::BodyChecksum {
+                path: path.to_path_buf(),
+            });
         }
-        let archived = rkyv::access::<ArchivedTableBody, rkyv::rancor::Error>(body).map_err(
-            |e| SnapshotError::Archive { path: path.to_path_buf(), detail: e.to_string() },
-        )?;
-        check_invariants(archived, &header)
-            .map_err(|detail| SnapshotError::Invariant { path: path.to_path_buf(), detail })?;
-        Ok(Arc::new(Snapshot { map, header, path: path.to_path_buf() }))
+        let archived =
+            rkyv::access::<ArchivedTableBody, rkyv::rancor::Error>(body).map_err(|e| {
+                SnapshotError::Archive {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            })?;
+        check_invariants(archived, &header).map_err(|detail| SnapshotError::Invariant {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        Ok(Arc::new(Snapshot {
+            map,
+            header,
+            path: path.to_path_buf(),
+        }))
     }
 
     pub fn header(&self) -> &Header {
@@ -423,28 +504,43 @@ impl Snapshot {
     }
 
     pub fn tenant_name(&self, index: u32) -> &str {
-        self.body().tenants.get(index as usize).map_or("", |t| t.as_str())
+        self.body()
+            .tenants
+            .get(index as usize)
+            .map_or("", |t| t.as_str())
     }
 
     pub fn scope_name(&self, index: u32) -> &str {
-        self.body().scopes.get(index as usize).map_or("", |s| s.as_str())
+        self.body()
+            .scopes
+            .get(index as usize)
+            .map_or("", |s| s.as_str())
     }
 
     /// The index of a scope name in the dictionary, if any key carries it.
     pub fn scope_index(&self, name: &[u8]) -> Option<u32> {
         let scopes = &self.body().scopes;
-        scopes.binary_search_by(|entry| entry.as_bytes().cmp(name)).ok().map(|i| i as u32)
+        scopes
+            .binary_search_by(|entry| entry.as_bytes().cmp(name))
+            .ok()
+            .map(|i| i as u32)
     }
 
     /// The index of a tenant name in the dictionary, if any key belongs to it.
     pub fn tenant_index(&self, name: &[u8]) -> Option<u32> {
         let tenants = &self.body().tenants;
-        tenants.binary_search_by(|entry| entry.as_bytes().cmp(name)).ok().map(|i| i as u32)
+        tenants
+            .binary_search_by(|entry| entry.as_bytes().cmp(name))
+            .ok()
+            .map(|i| i as u32)
     }
 
     /// Every record, decoded into owned form (for inspection tools and compaction).
     pub fn records(&self) -> impl Iterator<Item = KeyRecord> + '_ {
-        self.body().records.iter().map(|stored| self.decode_record(stored))
+        self.body()
+            .records
+            .iter()
+            .map(|stored| self.decode_record(stored))
     }
 
     pub fn decode_record(&self, stored: &ArchivedStoredRecord) -> KeyRecord {
@@ -470,7 +566,10 @@ impl Snapshot {
             allow: stored
                 .allow
                 .iter()
-                .map(|r| crate::record::Cidr { network: r.network, prefix_len: r.prefix_len })
+                .map(|r| crate::record::Cidr {
+                    network: r.network,
+                    prefix_len: r.prefix_len,
+                })
                 .collect(),
         }
     }
@@ -498,17 +597,29 @@ fn probe_archived(slots: &[ArchivedSlot], key: u64) -> Option<u32> {
 fn check_invariants(body: &ArchivedTableBody, header: &Header) -> Result<(), String> {
     let records = body.records.len();
     if records as u64 != header.record_count {
-        return Err(format!("header says {} records, body has {records}", header.record_count));
+        return Err(format!(
+            "header says {} records, body has {records}",
+            header.record_count
+        ));
     }
-    for (name, slots) in [("id", &body.id_slots), ("fingerprint", &body.fingerprint_slots)] {
+    for (name, slots) in [
+        ("id", &body.id_slots),
+        ("fingerprint", &body.fingerprint_slots),
+    ] {
         if !slots.len().is_power_of_two() || slots.len() < records * 2 {
-            return Err(format!("{name} slot count {} is not a power of two ≥ 2×records", slots.len()));
+            return Err(format!(
+                "{name} slot count {} is not a power of two ≥ 2×records",
+                slots.len()
+            ));
         }
         if let Some(slot) = slots.iter().find(|s| {
             let record = s.record.to_native();
             record != EMPTY && record as usize >= records
         }) {
-            return Err(format!("{name} slot points at record {} of {records}", slot.record));
+            return Err(format!(
+                "{name} slot points at record {} of {records}",
+                slot.record
+            ));
         }
     }
     let scopes = body.scopes.len() as u32;
@@ -521,7 +632,10 @@ fn check_invariants(body: &ArchivedTableBody, header: &Header) -> Result<(), Str
         }
         previous = id;
         if record.tenant.to_native() >= tenants {
-            return Err(format!("record {id} names tenant {} of {tenants}", record.tenant));
+            return Err(format!(
+                "record {id} names tenant {} of {tenants}",
+                record.tenant
+            ));
         }
         if record.scopes.iter().any(|s| s.to_native() >= scopes) {
             return Err(format!("record {id} names a scope outside the dictionary"));
@@ -563,7 +677,16 @@ mod tests {
     #[test]
     fn round_trip_through_a_file() {
         let records: Vec<KeyRecord> = (1..=1000)
-            .map(|id| record(id, if id % 10 == 0 { KeyKind::Imported } else { KeyKind::Native }))
+            .map(|id| {
+                record(
+                    id,
+                    if id % 10 == 0 {
+                        KeyKind::Imported
+                    } else {
+                        KeyKind::Native
+                    },
+                )
+            })
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
@@ -595,6 +718,9 @@ mod tests {
     #[test]
     fn duplicate_ids_are_refused() {
         let records = vec![record(3, KeyKind::Native), record(3, KeyKind::Native)];
-        assert!(matches!(build_body(&records), Err(SnapshotError::DuplicateId(3))));
+        assert!(matches!(
+            build_body(&records),
+            Err(SnapshotError::DuplicateId(3))
+        ));
     }
 }

@@ -31,7 +31,10 @@ pub struct Verdict<'t> {
 
 impl<'t> Verdict<'t> {
     fn status(status: Status) -> Verdict<'t> {
-        Verdict { status, record: None }
+        Verdict {
+            status,
+            record: None,
+        }
     }
 }
 
@@ -39,7 +42,11 @@ impl Verifier {
     pub fn new(pepper: &[u8; 32], prefixes: Prefixes) -> Verifier {
         let hasher = Hasher::new(pepper);
         let decoy = hasher.imported(b"keyward decoy: compared when no record exists");
-        Verifier { hasher, prefixes, decoy }
+        Verifier {
+            hasher,
+            prefixes,
+            decoy,
+        }
     }
 
     pub fn hasher(&self) -> &Hasher {
@@ -81,8 +88,13 @@ impl Verifier {
                 self.match_secret(found, &presented)
             }
         };
-        let Some(record) = record else { return Verdict::status(Status::Unknown) };
-        Verdict { status: judge(table, record, request, now), record: Some(record) }
+        let Some(record) = record else {
+            return Verdict::status(Status::Unknown);
+        };
+        Verdict {
+            status: judge(table, record, request, now),
+            record: Some(record),
+        }
     }
 
     /// Constant-time comparison against the record's hash, or against the decoy when there is
@@ -122,17 +134,23 @@ fn judge(
         }
     }
     if let Some(scope) = request.scope {
-        let granted =
-            record.scopes.iter().any(|s| table.scope_name(s.to_native()).as_bytes() == scope);
+        let granted = record
+            .scopes
+            .iter()
+            .any(|s| table.scope_name(s.to_native()).as_bytes() == scope);
         if !granted {
             return Status::ScopeDenied;
         }
     }
     if !record.allow.is_empty() {
-        let Some(address) = request.address else { return Status::AddressDenied };
+        let Some(address) = request.address else {
+            return Status::AddressDenied;
+        };
         let address = record::to_mapped(address);
-        let allowed =
-            record.allow.iter().any(|r| record::contains(&r.network, r.prefix_len, &address));
+        let allowed = record
+            .allow
+            .iter()
+            .any(|r| record::contains(&r.network, r.prefix_len, &address));
         if !allowed {
             return Status::AddressDenied;
         }
@@ -148,7 +166,10 @@ pub fn put_verdict(out: &mut Vec<u8>, table: &Snapshot, verdict: &Verdict<'_>) {
             record.id.to_native(),
             record.expires.to_native(),
             table.tenant_name(record.tenant.to_native()),
-            record.scopes.iter().map(|s| table.scope_name(s.to_native())),
+            record
+                .scopes
+                .iter()
+                .map(|s| table.scope_name(s.to_native())),
         ),
         (status, _) => protocol::put_status(out, status),
     }

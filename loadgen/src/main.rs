@@ -21,7 +21,11 @@ use keyward::keyset::{self, ExpectedKey};
 use keyward::protocol::{self, opcode, Status, VerifyRequest};
 
 #[derive(Parser, Debug)]
-#[command(name = "keyward-loadgen", version, about = "Load generator for a keyward verify port")]
+#[command(
+    name = "keyward-loadgen",
+    version,
+    about = "Load generator for a keyward verify port"
+)]
 struct Args {
     /// Verify port to drive.
     #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
@@ -89,14 +93,38 @@ fn main() -> ExitCode {
 
 fn validate(args: &Args) -> Result<(), String> {
     let check = |ok: bool, message: &str| if ok { Ok(()) } else { Err(message.to_string()) };
-    check((1..=CONNECTIONS_MAX).contains(&args.connections), "--connections must be 1 to 65536")?;
-    check((1..=DEPTH_MAX).contains(&args.depth), "--depth must be 1 to 4096")?;
-    check(args.batch <= protocol::BATCH_ITEMS_MAX, "--batch must be 0 to 256")?;
-    check(args.batch == 0 || args.op == Op::Verify, "--batch applies to --op verify only")?;
-    check((1..=THREADS_MAX).contains(&args.threads), "--threads must be 1 to 1024")?;
-    check(args.threads <= args.connections, "--threads cannot exceed --connections")?;
-    check(args.duration > 0.0 && args.duration <= DURATION_SECS_MAX, "--duration must be above 0 and at most a day")?;
-    check(args.warmup >= 0.0 && args.warmup <= DURATION_SECS_MAX, "--warmup must be 0 to a day")?;
+    check(
+        (1..=CONNECTIONS_MAX).contains(&args.connections),
+        "--connections must be 1 to 65536",
+    )?;
+    check(
+        (1..=DEPTH_MAX).contains(&args.depth),
+        "--depth must be 1 to 4096",
+    )?;
+    check(
+        args.batch <= protocol::BATCH_ITEMS_MAX,
+        "--batch must be 0 to 256",
+    )?;
+    check(
+        args.batch == 0 || args.op == Op::Verify,
+        "--batch applies to --op verify only",
+    )?;
+    check(
+        (1..=THREADS_MAX).contains(&args.threads),
+        "--threads must be 1 to 1024",
+    )?;
+    check(
+        args.threads <= args.connections,
+        "--threads cannot exceed --connections",
+    )?;
+    check(
+        args.duration > 0.0 && args.duration <= DURATION_SECS_MAX,
+        "--duration must be above 0 and at most a day",
+    )?;
+    check(
+        args.warmup >= 0.0 && args.warmup <= DURATION_SECS_MAX,
+        "--warmup must be 0 to a day",
+    )?;
     Ok(())
 }
 
@@ -111,10 +139,16 @@ fn templates(args: &Args, keys: &[ExpectedKey]) -> Vec<Template> {
     if args.op == Op::Ping {
         let mut frame = Vec::new();
         protocol::put_ping_frame(&mut frame, 0);
-        return vec![Template { frame, expected: Vec::new() }];
+        return vec![Template {
+            frame,
+            expected: Vec::new(),
+        }];
     }
     fn request(key: &ExpectedKey) -> VerifyRequest<'_> {
-        VerifyRequest { credential: key.credential.as_bytes(), ..Default::default() }
+        VerifyRequest {
+            credential: key.credential.as_bytes(),
+            ..Default::default()
+        }
     }
     if args.batch == 0 {
         return keys
@@ -122,7 +156,10 @@ fn templates(args: &Args, keys: &[ExpectedKey]) -> Vec<Template> {
             .map(|key| {
                 let mut frame = Vec::new();
                 protocol::put_verify_frame(&mut frame, 0, &request(key));
-                Template { frame, expected: vec![key.expected] }
+                Template {
+                    frame,
+                    expected: vec![key.expected],
+                }
             })
             .collect();
     }
@@ -132,7 +169,10 @@ fn templates(args: &Args, keys: &[ExpectedKey]) -> Vec<Template> {
             let requests: Vec<VerifyRequest<'_>> = chunk.iter().map(request).collect();
             let mut frame = Vec::new();
             protocol::put_batch_frame(&mut frame, 0, &requests);
-            Template { frame, expected: chunk.iter().map(|k| k.expected).collect() }
+            Template {
+                frame,
+                expected: chunk.iter().map(|k| k.expected).collect(),
+            }
         })
         .collect()
 }
@@ -158,7 +198,8 @@ fn run(args: Args) -> Result<bool, String> {
     let keys = match (&args.keys, args.op) {
         (Some(path), Op::Verify) => {
             let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            keyset::read_key_file(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", path.display()))?
+            keyset::read_key_file(std::io::BufReader::new(file))
+                .map_err(|e| format!("{}: {e}", path.display()))?
         }
         _ => Vec::new(),
     };
@@ -166,12 +207,17 @@ fn run(args: Args) -> Result<bool, String> {
         return Err("the key file holds fewer credentials than one batch".into());
     }
     let templates = Arc::new(templates(&args, &keys));
-    let live = Arc::new(Live { requests: AtomicU64::new(0), measuring: AtomicBool::new(false), stop: AtomicBool::new(false) });
+    let live = Arc::new(Live {
+        requests: AtomicU64::new(0),
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
     let per_credential = args.batch.max(1) as u64;
 
     let mut handles = Vec::new();
     for thread in 0..args.threads {
-        let connections = args.connections / args.threads + usize::from(thread < args.connections % args.threads);
+        let connections =
+            args.connections / args.threads + usize::from(thread < args.connections % args.threads);
         let cpu = (!args.cpus.is_empty()).then(|| args.cpus[thread % args.cpus.len()]);
         let templates = templates.clone();
         let live = live.clone();
@@ -205,7 +251,11 @@ fn run(args: Args) -> Result<bool, String> {
         if !args.quiet && last.0.elapsed() >= Duration::from_secs(1) {
             let count = live.requests.load(Ordering::Relaxed);
             let rate = (count - last.1) as f64 / last.0.elapsed().as_secs_f64();
-            let phase = if measured_from.is_some() { "" } else { " (warm-up)" };
+            let phase = if measured_from.is_some() {
+                ""
+            } else {
+                " (warm-up)"
+            };
             eprintln!(
                 "[{:>5.1}s] {:>12} credentials/s{phase}",
                 started.elapsed().as_secs_f64(),
@@ -224,8 +274,12 @@ fn run(args: Args) -> Result<bool, String> {
     let mut requests = 0;
     let mut per_thread = Vec::new();
     for handle in handles {
-        let result = handle.join().map_err(|_| "a client thread panicked".to_string())??;
-        histogram.add(&result.histogram).map_err(|e| e.to_string())?;
+        let result = handle
+            .join()
+            .map_err(|_| "a client thread panicked".to_string())??;
+        histogram
+            .add(&result.histogram)
+            .map_err(|e| e.to_string())?;
         for (total, count) in by_status.iter_mut().zip(result.by_status) {
             *total += count;
         }
@@ -238,7 +292,12 @@ fn run(args: Args) -> Result<bool, String> {
         args: &args,
         elapsed,
         requests,
-        credentials: requests * if args.op == Op::Verify { per_credential } else { 0 },
+        credentials: requests
+            * if args.op == Op::Verify {
+                per_credential
+            } else {
+                0
+            },
         histogram: &histogram,
         by_status,
         mismatches,
@@ -278,10 +337,18 @@ fn drive(
 ) -> Result<ThreadResult, String> {
     let mut connections = Vec::with_capacity(count);
     for _ in 0..count {
-        let stream = TcpStream::connect(server).map_err(|e| format!("cannot connect to {server}: {e}"))?;
+        let stream =
+            TcpStream::connect(server).map_err(|e| format!("cannot connect to {server}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-        connections.push(Connection { stream, input: vec![0; 1 << 20], filled: 0, in_flight: Vec::with_capacity(depth) });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        connections.push(Connection {
+            stream,
+            input: vec![0; 1 << 20],
+            filled: 0,
+            in_flight: Vec::with_capacity(depth),
+        });
     }
     let mut result = ThreadResult {
         histogram: new_histogram(),
@@ -307,7 +374,10 @@ fn drive(
                 connection.in_flight.push(next);
                 next = (next + 1) % templates.len();
             }
-            connection.stream.write_all(&output).map_err(|e| format!("write: {e}"))?;
+            connection
+                .stream
+                .write_all(&output)
+                .map_err(|e| format!("write: {e}"))?;
         }
         for connection in &mut connections {
             for index in 0..connection.in_flight.len() {
@@ -316,13 +386,16 @@ fn drive(
                 let latency = sent_at.elapsed().as_nanos() as u64;
                 check_answer(op, &body, template, measuring, &mut result)?;
                 if measuring {
-                    result.histogram.saturating_record(latency.clamp(1, LATENCY_NS_MAX));
+                    result
+                        .histogram
+                        .saturating_record(latency.clamp(1, LATENCY_NS_MAX));
                     result.requests += 1;
                 }
                 consume(connection, body.len());
             }
         }
-        live.requests.fetch_add((connections.len() * depth) as u64, Ordering::Relaxed);
+        live.requests
+            .fetch_add((connections.len() * depth) as u64, Ordering::Relaxed);
     }
     Ok(result)
 }
@@ -330,7 +403,10 @@ fn drive(
 /// Reads until one whole frame is buffered; returns its opcode and body range length.
 fn read_frame(connection: &mut Connection) -> Result<(u8, Vec<u8>), String> {
     loop {
-        match protocol::decode_frame(&connection.input[..connection.filled], protocol::BODY_BYTES_LIMIT) {
+        match protocol::decode_frame(
+            &connection.input[..connection.filled],
+            protocol::BODY_BYTES_LIMIT,
+        ) {
             Ok(Some(frame)) => return Ok((frame.header.opcode, frame.body.to_vec())),
             Ok(None) => {}
             Err(error) => return Err(format!("bad frame from server: {error}")),
@@ -338,7 +414,10 @@ fn read_frame(connection: &mut Connection) -> Result<(u8, Vec<u8>), String> {
         if connection.filled == connection.input.len() {
             connection.input.resize(connection.input.len() * 2, 0);
         }
-        let read = connection.stream.read(&mut connection.input[connection.filled..]).map_err(|e| format!("read: {e}"))?;
+        let read = connection
+            .stream
+            .read(&mut connection.input[connection.filled..])
+            .map_err(|e| format!("read: {e}"))?;
         if read == 0 {
             return Err("server closed the connection".into());
         }
@@ -352,14 +431,22 @@ fn consume(connection: &mut Connection, body_bytes: usize) {
     connection.filled -= used;
 }
 
-fn check_answer(op: u8, body: &[u8], template: &Template, measuring: bool, result: &mut ThreadResult) -> Result<(), String> {
+fn check_answer(
+    op: u8,
+    body: &[u8],
+    template: &Template,
+    measuring: bool,
+    result: &mut ThreadResult,
+) -> Result<(), String> {
     let record = |status: Status, expected: Status, result: &mut ThreadResult| {
         if measuring {
             result.by_status[status as usize] += 1;
         }
         if status != expected {
             result.mismatches += 1;
-            result.first_mismatch.get_or_insert_with(|| format!("expected {expected}, got {status}"));
+            result
+                .first_mismatch
+                .get_or_insert_with(|| format!("expected {expected}, got {status}"));
         }
     };
     match op {
@@ -396,7 +483,13 @@ struct Report<'a> {
     per_thread: Vec<u64>,
 }
 
-const PERCENTILES: [(&str, f64); 5] = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9), ("p99.99", 99.99)];
+const PERCENTILES: [(&str, f64); 5] = [
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p99", 99.0),
+    ("p99.9", 99.9),
+    ("p99.99", 99.99),
+];
 
 impl Report<'_> {
     fn rate(&self, count: u64) -> f64 {
@@ -416,13 +509,24 @@ impl Report<'_> {
             if args.cpus.is_empty() { String::new() } else { format!(" on CPU(s) {:?}", args.cpus) },
             self.elapsed.as_secs_f64()
         );
-        println!("requests     {} ({}/s)", thousands(self.requests), thousands(self.rate(self.requests) as u64));
+        println!(
+            "requests     {} ({}/s)",
+            thousands(self.requests),
+            thousands(self.rate(self.requests) as u64)
+        );
         if self.credentials > 0 && args.batch > 0 {
-            println!("credentials  {} ({}/s)", thousands(self.credentials), thousands(self.rate(self.credentials) as u64));
+            println!(
+                "credentials  {} ({}/s)",
+                thousands(self.credentials),
+                thousands(self.rate(self.credentials) as u64)
+            );
         }
         let mut line = String::from("latency     ");
         for (name, q) in PERCENTILES {
-            line.push_str(&format!(" {name} {}", micros(self.histogram.value_at_percentile(q))));
+            line.push_str(&format!(
+                " {name} {}",
+                micros(self.histogram.value_at_percentile(q))
+            ));
         }
         line.push_str(&format!(" max {}", micros(self.histogram.max())));
         println!("{line}");
@@ -445,7 +549,12 @@ impl Report<'_> {
     fn json(&self) -> String {
         let percentiles: Vec<String> = PERCENTILES
             .iter()
-            .map(|(name, q)| format!("\"{name}_us\":{:.3}", self.histogram.value_at_percentile(*q) as f64 / 1000.0))
+            .map(|(name, q)| {
+                format!(
+                    "\"{name}_us\":{:.3}",
+                    self.histogram.value_at_percentile(*q) as f64 / 1000.0
+                )
+            })
             .collect();
         let statuses: Vec<String> = Status::ALL
             .iter()

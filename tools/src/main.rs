@@ -20,7 +20,11 @@ use keyward::record::{Cidr, KeyKind, KeyRecord, KeyStatus, UnixSeconds};
 use keyward::snapshot::{self, Snapshot};
 
 #[derive(Parser)]
-#[command(name = "keyward-ctl", version, about = "keyward admin client and offline key-table tools")]
+#[command(
+    name = "keyward-ctl",
+    version,
+    about = "keyward admin client and offline key-table tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -161,15 +165,24 @@ fn main() -> ExitCode {
 fn try_main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Verify(args) => verify(args),
-        Command::Keys(KeysCommand::Generate { data_dir, count, out_keys, force, prefixes }) => {
-            generate(&data_dir, count, &out_keys, force, &prefixes)
-        }
-        Command::Table(TableCommand::Build { data_dir, from, force, prefixes }) => {
-            build(&data_dir, &from, force, &prefixes)
-        }
-        Command::Table(TableCommand::Inspect { file, records, json }) => {
-            inspect(&file, records, json)
-        }
+        Command::Keys(KeysCommand::Generate {
+            data_dir,
+            count,
+            out_keys,
+            force,
+            prefixes,
+        }) => generate(&data_dir, count, &out_keys, force, &prefixes),
+        Command::Table(TableCommand::Build {
+            data_dir,
+            from,
+            force,
+            prefixes,
+        }) => build(&data_dir, &from, force, &prefixes),
+        Command::Table(TableCommand::Inspect {
+            file,
+            records,
+            json,
+        }) => inspect(&file, records, json),
         Command::Table(TableCommand::Check { file }) => check(&file),
     }
 }
@@ -195,13 +208,16 @@ fn verify(args: VerifyArgs) -> Result<(), Failure> {
                 "claims": g.claims.iter().cloned().collect::<BTreeMap<_, _>>(),
             })
         });
-        let mut value = json!({ "status": result.status.name(), "valid": result.status == Status::Valid });
+        let mut value =
+            json!({ "status": result.status.name(), "valid": result.status == Status::Valid });
         if let Some(grant) = grant {
             value["key"] = grant;
         }
         println!("{value}");
     } else if let Some(grant) = &result.grant {
-        let expires = grant.expires.map_or("never".to_string(), |e| e.0.to_string());
+        let expires = grant
+            .expires
+            .map_or("never".to_string(), |e| e.0.to_string());
         println!(
             "valid: key {} tenant {:?} scopes [{}] expires {}",
             grant.key_id,
@@ -246,7 +262,10 @@ fn generate(
 ) -> Result<(), Failure> {
     let prefixes = prefixes(prefix_args)?;
     if count == 0 || count > snapshot::RECORDS_MAX {
-        return Err(Failure::Error(format!("--count must be 1 to {}", snapshot::RECORDS_MAX)));
+        return Err(Failure::Error(format!(
+            "--count must be 1 to {}",
+            snapshot::RECORDS_MAX
+        )));
     }
     let data_dir = DataDir::open_or_create(data_dir)?;
     guard_existing(&data_dir, force)?;
@@ -315,7 +334,12 @@ struct RecordLine {
     allow: Vec<Cidr>,
 }
 
-fn build(data_dir: &Path, from: &Path, force: bool, prefix_args: &PrefixArgs) -> Result<(), Failure> {
+fn build(
+    data_dir: &Path,
+    from: &Path,
+    force: bool,
+    prefix_args: &PrefixArgs,
+) -> Result<(), Failure> {
     let prefixes = prefixes(prefix_args)?;
     let input = File::open(from).map_err(|e| Failure::Error(format!("{}: {e}", from.display())))?;
     let data_dir = DataDir::open_or_create(data_dir)?;
@@ -324,12 +348,15 @@ fn build(data_dir: &Path, from: &Path, force: bool, prefix_args: &PrefixArgs) ->
     let now = UnixSeconds::now();
     let mut records = Vec::new();
     let mut imported_without_id = Vec::new();
+    let mut lines = Vec::new();
     for (number, line) in BufReader::new(input).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let at = |message: String| Failure::Error(format!("{}:{}: {message}", from.display(), number + 1));
+        let at = |message: String| {
+            Failure::Error(format!("{}:{}: {message}", from.display(), number + 1))
+        };
         let parsed: RecordLine = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
         let mut record = KeyRecord {
             id: KeyId(parsed.id.unwrap_or(0)),
@@ -341,14 +368,21 @@ fn build(data_dir: &Path, from: &Path, force: bool, prefix_args: &PrefixArgs) ->
             created: now,
             not_before: UnixSeconds(parsed.not_before.unwrap_or(now.0)),
             expires: parsed.expires.map(UnixSeconds),
-            status: if parsed.revoked { KeyStatus::Revoked } else { KeyStatus::Active },
+            status: if parsed.revoked {
+                KeyStatus::Revoked
+            } else {
+                KeyStatus::Active
+            },
             visibility: credential::Visibility::Secret,
             allow: parsed.allow,
         };
         match credential::parse(parsed.credential.as_bytes(), &prefixes) {
             Parsed::Native(native) => {
                 if parsed.id.is_some_and(|id| id != native.key_id.0) {
-                    return Err(at(format!("id {} differs from the credential's id {}", record.id, native.key_id)));
+                    return Err(at(format!(
+                        "id {} differs from the credential's id {}",
+                        record.id, native.key_id
+                    )));
                 }
                 record.id = native.key_id;
                 record.visibility = native.visibility;
@@ -357,7 +391,9 @@ fn build(data_dir: &Path, from: &Path, force: bool, prefix_args: &PrefixArgs) ->
             Parsed::Malformed(error) => return Err(at(format!("credential: {error}"))),
             Parsed::Other => {
                 let length = parsed.credential.len();
-                if !(credential::IMPORTED_BYTES_MIN..=credential::IMPORTED_BYTES_MAX).contains(&length) {
+                if !(credential::IMPORTED_BYTES_MIN..=credential::IMPORTED_BYTES_MAX)
+                    .contains(&length)
+                {
                     return Err(at(format!(
                         "imported key must be {} to {} bytes, not {length}",
                         credential::IMPORTED_BYTES_MIN,
@@ -371,13 +407,17 @@ fn build(data_dir: &Path, from: &Path, force: bool, prefix_args: &PrefixArgs) ->
                 }
             }
         }
-        record.validate().map_err(|e| at(e.to_string()))?;
         records.push(record);
+        lines.push(number + 1);
     }
-    let mut next_id = records.iter().map(|r| r.id.0).max().unwrap_or(0) + 1;
-    for index in imported_without_id {
-        records[index].id = KeyId(next_id);
-        next_id += 1;
+    let first_free = records.iter().map(|r| r.id.0).max().unwrap_or(0) + 1;
+    for (id, index) in (first_free..).zip(imported_without_id) {
+        records[index].id = KeyId(id);
+    }
+    for (record, line) in records.iter().zip(&lines) {
+        record
+            .validate()
+            .map_err(|e| Failure::Error(format!("{}:{line}: {e}", from.display())))?;
     }
     let bytes = snapshot::encode(&records, 0, now)?;
     snapshot::write_atomic(&data_dir.snapshot_path(), &bytes)?;
@@ -412,7 +452,13 @@ fn inspect(file: &Path, limit: usize, as_json: bool) -> Result<(), Failure> {
             KeyStatus::Active => "active",
         };
         *counts.entry(state).or_default() += 1;
-        *counts.entry(if record.kind == KeyKind::Imported { "imported" } else { "native" }).or_default() += 1;
+        *counts
+            .entry(if record.kind == KeyKind::Imported {
+                "imported"
+            } else {
+                "native"
+            })
+            .or_default() += 1;
         if listed.len() < limit {
             listed.push(record);
         }
@@ -449,9 +495,18 @@ fn inspect(file: &Path, limit: usize, as_json: bool) -> Result<(), Failure> {
     println!("format         version {}", snapshot::FORMAT_VERSION);
     println!("sequence       {}", header.sequence);
     println!("records        {}", header.record_count);
-    println!("size           {} bytes (header {} + body {})", header.body_bytes + snapshot::HEADER_BYTES as u64, snapshot::HEADER_BYTES, header.body_bytes);
+    println!(
+        "size           {} bytes (header {} + body {})",
+        header.body_bytes + snapshot::HEADER_BYTES as u64,
+        snapshot::HEADER_BYTES,
+        header.body_bytes
+    );
     println!("created        {} (unix seconds)", header.created.0);
-    println!("dictionaries   {} tenants, {} scopes", body.tenants.len(), body.scopes.len());
+    println!(
+        "dictionaries   {} tenants, {} scopes",
+        body.tenants.len(),
+        body.scopes.len()
+    );
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("counts         {}", summary.join(", "));
     for record in listed {

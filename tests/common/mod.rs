@@ -1,0 +1,131 @@
+//! Shared helpers for the integration tests: build a data directory with known keys, start the
+//! real `keyward` binary on a loopback port, stop it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use keyward::credential::{Hasher, Prefixes};
+use keyward::datadir::DataDir;
+use keyward::keyset::{self, ExpectedKey};
+use keyward::record::{KeyRecord, UnixSeconds};
+use keyward::snapshot;
+
+/// Writes `records` as the table of a fresh data directory and returns its pepper's hasher.
+pub fn data_dir_with(path: &Path, records: impl FnOnce(&Hasher) -> Vec<KeyRecord>) -> Hasher {
+    let data_dir = DataDir::open_or_create(path).unwrap();
+    let hasher = Hasher::new(data_dir.pepper());
+    let records = records(&hasher);
+    let bytes = snapshot::encode(&records, 0, UnixSeconds::now()).unwrap();
+    snapshot::write_atomic(&data_dir.snapshot_path(), &bytes).unwrap();
+    hasher
+}
+
+/// A data directory holding a generated key set; returns the credentials and expected answers.
+pub fn generated_data_dir(path: &Path, count: usize) -> Vec<ExpectedKey> {
+    let mut keys = Vec::new();
+    data_dir_with(path, |hasher| {
+        let set = keyset::generate(count, hasher, &Prefixes::default(), UnixSeconds::now());
+        keys = set.keys;
+        set.records
+    });
+    keys
+}
+
+/// A running `keyward serve` child process, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub address: SocketAddr,
+    pub stdout: BufReader<ChildStdout>,
+    pub data_dir: PathBuf,
+}
+
+pub fn keyward_command(data_dir: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0", "--spin-before-park-us", "0"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+impl Server {
+    /// Starts the server with 2 shards (unless `extra` says otherwise) and waits until it listens.
+    // The child is waited for by `Drop` once it is inside `Server`, and before every panic.
+    #[allow(clippy::zombie_processes)]
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut args: Vec<&str> = extra.to_vec();
+        if !extra.contains(&"--shards") {
+            args.extend(["--shards", "2"]);
+        }
+        let mut child = keyward_command(data_dir, &args)
+            .spawn()
+            .expect("start keyward");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = stdout.read_line(&mut line).unwrap();
+            if read == 0 {
+                let mut stderr = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                let status = child.wait().unwrap();
+                panic!("keyward exited ({status}) before listening: {stderr}");
+            }
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let address = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return Server {
+                    child,
+                    address,
+                    stdout,
+                    data_dir: data_dir.to_path_buf(),
+                };
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("keyward did not start listening in time");
+            }
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status and the rest of stdout.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        (status, rest)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the server expecting it to refuse to start; returns (exit status, stderr).
+pub fn start_expecting_failure(data_dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
+    let output = keyward_command(data_dir, extra).output().unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,220 @@
+//! keyward-ctl as a user runs it: generate keys, build a table from JSON lines, inspect and
+//! check snapshots, and verify against a real server (exit codes included).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+fn ctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyward-ctl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The server binary, built beside keyward-ctl by `cargo test --workspace`.
+fn server_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_keyward-ctl")).with_file_name("keyward");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(data_dir: &Path) -> Server {
+    let mut child = Command::new(server_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    Server(child, address)
+}
+
+#[test]
+fn generate_serve_verify() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let keys = root.path().join("keys.txt");
+    let output = ctl(&[
+        "keys",
+        "generate",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--count",
+        "200",
+        "--out-keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("expected answers: valid 150"),
+        "{}",
+        text(&output)
+    );
+
+    // A second generate must not silently replace the keys.
+    let again = ctl(&[
+        "keys",
+        "generate",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--count",
+        "5",
+        "--out-keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again).contains("--force"), "{}", text(&again));
+
+    let server = serve(&data);
+    let lines = std::fs::read_to_string(&keys).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for line in lines.lines().filter(|l| !l.starts_with('#')) {
+        let (credential, expected) = line.split_once('\t').unwrap();
+        if !seen.insert(expected.to_string()) {
+            continue;
+        }
+        let output = ctl(&["verify", "--server", &server.1, credential, "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["status"], expected, "{line}");
+        assert_eq!(
+            output.status.code(),
+            Some(if expected == "valid" { 0 } else { 1 }),
+            "{line}"
+        );
+    }
+    assert!(seen.len() >= 6, "{seen:?}");
+
+    let unreachable = ctl(&["verify", "--server", "127.0.0.1:1", "kw_x"]);
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(
+        text(&unreachable).contains("cannot reach"),
+        "{}",
+        text(&unreachable)
+    );
+}
+
+#[test]
+fn build_from_json_lines_then_inspect_and_check() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let records = root.path().join("records.jsonl");
+    std::fs::write(
+        &records,
+        concat!(
+            r#"{"credential": "sk_live_imported_key_number_one", "tenant": "acme", "name": "legacy", "scopes": ["orders:read"]}"#, "\n",
+            r#"{"credential": "sk_live_imported_key_number_two", "tenant": "acme", "revoked": true, "allow": ["10.0.0.0/8"]}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let output = ctl(&[
+        "table",
+        "build",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--from",
+        records.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+
+    let inspect = ctl(&["table", "inspect", data.to_str().unwrap(), "--json"]);
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(json["records"], 2);
+    assert_eq!(json["counts"]["revoked"], 1);
+    assert_eq!(json["first_records"][1]["allow"][0], "10.0.0.0/8");
+    assert!(
+        !String::from_utf8_lossy(&inspect.stdout).contains("sk_live"),
+        "a secret leaked into inspect"
+    );
+
+    let server = serve(&data);
+    let valid = ctl(&[
+        "verify",
+        "--server",
+        &server.1,
+        "sk_live_imported_key_number_one",
+        "--scope",
+        "orders:read",
+    ]);
+    assert_eq!(valid.status.code(), Some(0), "{}", text(&valid));
+    let revoked = ctl(&[
+        "verify",
+        "--server",
+        &server.1,
+        "sk_live_imported_key_number_two",
+    ]);
+    assert_eq!(text(&revoked).trim(), "revoked");
+    drop(server);
+
+    let snapshot = data.join("snapshot.kws");
+    let check = ctl(&["table", "check", snapshot.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&snapshot, &bytes).unwrap();
+    let check = ctl(&["table", "check", snapshot.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(text(&check).contains("checksum"), "{}", text(&check));
+}
+
+#[test]
+fn bad_records_name_their_line() {
+    let root = tempfile::tempdir().unwrap();
+    let records = root.path().join("records.jsonl");
+    std::fs::write(
+        &records,
+        "{\"credential\": \"sk_live_imported_key_number_one\"}\n{\"credential\": \"short\"}\n",
+    )
+    .unwrap();
+    let output = ctl(&[
+        "table",
+        "build",
+        "--data-dir",
+        root.path().join("d").to_str().unwrap(),
+        "--from",
+        records.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output).contains("records.jsonl:2: imported key must be 16 to 512 bytes"),
+        "{}",
+        text(&output)
+    );
+}
