@@ -1,0 +1,46 @@
+//! The verify protocol decoder, driven the way a shard drives it: frames are taken from the
+//! buffer until it is incomplete or broken; every body that parses must re-encode to itself.
+#![no_main]
+
+use keyward::protocol::{self, opcode};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut at = 0;
+    while let Ok(Some(frame)) = protocol::decode_frame(&data[at..], protocol::BODY_BYTES_DEFAULT) {
+        assert!(frame.bytes() >= protocol::HEADER_BYTES);
+        assert!(at + frame.bytes() <= data.len());
+        at += frame.bytes();
+        match frame.header.opcode {
+            opcode::VERIFY => {
+                if let Ok(request) = protocol::parse_verify(frame.body) {
+                    let mut again = Vec::new();
+                    protocol::put_verify(&mut again, &request);
+                    assert_eq!(again, frame.body, "VERIFY body did not round-trip");
+                }
+            }
+            opcode::VERIFY_BATCH => {
+                if let Ok(count) = protocol::check_batch(frame.body) {
+                    let items: Vec<_> = protocol::BatchItems::new(frame.body).unwrap().map(|i| i.unwrap()).collect();
+                    assert_eq!(items.len(), count);
+                    let mut again = count.to_le_bytes()[..2].to_vec();
+                    for item in &items {
+                        protocol::put_verify(&mut again, item);
+                    }
+                    assert_eq!(again, frame.body, "VERIFY_BATCH body did not round-trip");
+                }
+            }
+            opcode::VERIFY_RESULT => {
+                if let Ok(result) = protocol::parse_result(frame.body) {
+                    let mut again = Vec::new();
+                    protocol::put_result(&mut again, &result);
+                    assert_eq!(protocol::parse_result(&again).unwrap(), result);
+                }
+            }
+            _ => {
+                let _ = protocol::parse_batch_result(frame.body);
+                let _ = protocol::parse_error(frame.body);
+            }
+        }
+    }
+});
