@@ -22,7 +22,9 @@ const BAD_VERSION: &str = "09 01 00 00 05 00 00 00 00 00 00 00";
 const BAD_VERSION_ERROR: &str = "01 ff 00 00 00 00 00 00 21 00 00 00 01 1e 00 75 6e 73 75 70 70 6f 72 74 65 64 20 70 72 6f 74 6f 63 6f 6c 20 76 65 72 73 69 6f 6e 20 39";
 
 fn bytes(hex: &str) -> Vec<u8> {
-    hex.split_whitespace().map(|pair| u8::from_str_radix(pair, 16).unwrap()).collect()
+    hex.split_whitespace()
+        .map(|pair| u8::from_str_radix(pair, 16).unwrap())
+        .collect()
 }
 
 fn exchange(stream: &mut TcpStream, request: &str, response: &str) {
@@ -30,7 +32,10 @@ fn exchange(stream: &mut TcpStream, request: &str, response: &str) {
     let expected = bytes(response);
     let mut answer = vec![0u8; expected.len()];
     stream.read_exact(&mut answer).unwrap();
-    assert_eq!(answer, expected, "\nrequest  {request}\nexpected {response}");
+    assert_eq!(
+        answer, expected,
+        "\nrequest  {request}\nexpected {response}"
+    );
 }
 
 #[test]
@@ -59,12 +64,18 @@ fn documented_exchanges_match_the_server_byte_for_byte() {
     });
     let server = common::Server::start(directory.path(), &[]);
     let mut stream = TcpStream::connect(server.address).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     exchange(&mut stream, PING, PONG);
     exchange(&mut stream, VERIFY, VERIFY_VALID);
     exchange(&mut stream, VERIFY_IMPORTED, VERIFY_UNKNOWN);
     exchange(&mut stream, BATCH, BATCH_RESULT);
     exchange(&mut stream, BAD_VERSION, BAD_VERSION_ERROR);
     let mut rest = Vec::new();
-    assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "connection not closed after a broken header");
+    assert_eq!(
+        stream.read_to_end(&mut rest).unwrap(),
+        0,
+        "connection not closed after a broken header"
+    );
 }
