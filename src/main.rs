@@ -35,7 +35,7 @@ struct ServeArgs {
     /// Verify port address [default: 127.0.0.1:7500]
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Control port address, for admin operations [default: 127.0.0.1:7501]
+    /// Control port address, for admin operations (reserved: not served yet) [default: 127.0.0.1:7501]
     #[arg(long, value_name = "ADDR")]
     control: Option<SocketAddr>,
     /// Number of shards (one pinned thread each) [default: one per available CPU]
@@ -60,6 +60,9 @@ struct ServeArgs {
     /// Kernel accept backlog per shard [default: 1024]
     #[arg(long, value_name = "N")]
     listen_backlog: Option<u32>,
+    /// Memory each shard registers with io_uring, in bytes [default: 262144]
+    #[arg(long, value_name = "BYTES")]
+    io_memory_bytes: Option<usize>,
     /// Prefix of secret keys [default: kw]
     #[arg(long, value_name = "PREFIX")]
     prefix: Option<String>,
@@ -88,6 +91,7 @@ impl ServeArgs {
             idle_timeout_ms,
             spin_before_park_us,
             listen_backlog,
+            io_memory_bytes,
             prefix,
             public_prefix
         );

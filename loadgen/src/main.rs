@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
     server: SocketAddr,
     /// Key file written by `keyward-ctl keys generate` (credential<TAB>expected status).
-    #[arg(long, value_name = "FILE", required_if_eq("op", "verify"))]
+    #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
     /// What to send: VERIFY requests, or PING (the I/O ceiling).
     #[arg(long, value_enum, default_value_t = Op::Verify)]
@@ -69,6 +69,15 @@ struct Args {
 enum Op {
     Verify,
     Ping,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Verify => "verify",
+            Op::Ping => "ping",
+        }
+    }
 }
 
 /// Bounds on the arguments.
@@ -124,6 +133,10 @@ fn validate(args: &Args) -> Result<(), String> {
     check(
         args.warmup >= 0.0 && args.warmup <= DURATION_SECS_MAX,
         "--warmup must be 0 to a day",
+    )?;
+    check(
+        args.keys.is_some() || args.op == Op::Ping,
+        "--keys FILE is required with --op verify (write one with `keyward-ctl keys generate`)",
     )?;
     Ok(())
 }
@@ -499,8 +512,8 @@ impl Report<'_> {
     fn print(&self) {
         let args = self.args;
         println!(
-            "keyward-loadgen: {:?} against {}, {} connection(s) × depth {}{}, {} thread(s){}, {:.1} s measured",
-            args.op,
+            "keyward-loadgen: {} against {}, {} connection(s) × depth {}{}, {} thread(s){}, {:.1} s measured",
+            args.op.name(),
             args.server,
             args.connections,
             args.depth,
