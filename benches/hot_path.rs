@@ -120,6 +120,11 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify_1m");
     group.throughput(Throughput::Elements(1));
     let mut output = Vec::with_capacity(4096);
+    let overlay = keyward::overlay::Overlay::new(0);
+    let table = keyward::overlay::TableView {
+        snapshot: &fixture.snapshot,
+        overlay: &overlay,
+    };
     for (name, keys) in [
         ("native_valid", &native),
         ("native_unknown", &unknown),
@@ -133,11 +138,9 @@ fn benches(c: &mut Criterion) {
                     credential: keys[i].credential.as_bytes(),
                     ..Default::default()
                 };
-                let verdict = fixture
-                    .verifier
-                    .verify(&fixture.snapshot, &request, fixture.now);
+                let verdict = fixture.verifier.verify(&table, &request, fixture.now);
                 output.clear();
-                verify::put_verdict(&mut output, &fixture.snapshot, &verdict);
+                verify::put_verdict(&mut output, &verdict);
                 black_box(&output);
             })
         });

@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// Memory each shard registers with io_uring for its buffers.
     pub io_memory_bytes: usize,
+    /// Compact (write a new snapshot, shorten the log) once the log holds this many deltas.
+    pub compact_deltas_max: u64,
+    /// Compact once the log holds this many bytes.
+    pub compact_log_bytes_max: u64,
     /// Prefix of secret keys.
     pub prefix: String,
     /// Prefix of keys marked public.
@@ -61,6 +65,8 @@ impl Default for ServerConfig {
             spin_before_park_us: 200,
             listen_backlog: 1024,
             io_memory_bytes: 256 * 1024,
+            compact_deltas_max: 100_000,
+            compact_log_bytes_max: 256 * 1024 * 1024,
             prefix: "kw".to_string(),
             public_prefix: "kwpub".to_string(),
         }
@@ -144,6 +150,13 @@ impl ServerConfig {
             self.io_memory_bytes,
             IO_MEMORY_BYTES_MIN,
             1 << 30,
+        )?;
+        range("compact_deltas_max", self.compact_deltas_max, 1, u64::MAX)?;
+        range(
+            "compact_log_bytes_max",
+            self.compact_log_bytes_max,
+            4096,
+            u64::MAX,
         )?;
         self.prefixes()?;
         Ok(())

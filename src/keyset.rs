@@ -53,6 +53,7 @@ pub fn generate(count: usize, hasher: &Hasher, prefixes: &Prefixes, now: UnixSec
             status: KeyStatus::Active,
             visibility,
             allow: Vec::new(),
+            idempotency_key: String::new(),
         };
         let mut expected = Status::Valid;
         match slot {

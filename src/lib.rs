@@ -16,11 +16,15 @@
 //! | [`client`] | a blocking client for the verify protocol |
 //! | [`keyset`] | generated key sets and key files for tests, demos and benchmarks |
 
+pub mod admin;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod credential;
 pub mod datadir;
+pub mod delta;
 pub mod keyset;
+pub mod overlay;
 pub mod protocol;
 pub mod record;
 pub mod server;

@@ -35,7 +35,7 @@ struct ServeArgs {
     /// Verify port address [default: 127.0.0.1:7500]
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Control port address, for admin operations (reserved: not served yet) [default: 127.0.0.1:7501]
+    /// Control port address, for admin operations (keep it on loopback) [default: 127.0.0.1:7501]
     #[arg(long, value_name = "ADDR")]
     control: Option<SocketAddr>,
     /// Number of shards (one pinned thread each) [default: one per available CPU]
@@ -63,6 +63,12 @@ struct ServeArgs {
     /// Memory each shard registers with io_uring, in bytes [default: 262144]
     #[arg(long, value_name = "BYTES")]
     io_memory_bytes: Option<usize>,
+    /// Compact once the delta log holds this many changes [default: 100000]
+    #[arg(long, value_name = "N")]
+    compact_deltas_max: Option<u64>,
+    /// Compact once the delta log holds this many bytes [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    compact_log_bytes_max: Option<u64>,
     /// Prefix of secret keys [default: kw]
     #[arg(long, value_name = "PREFIX")]
     prefix: Option<String>,
@@ -92,6 +98,8 @@ impl ServeArgs {
             spin_before_park_us,
             listen_backlog,
             io_memory_bytes,
+            compact_deltas_max,
+            compact_log_bytes_max,
             prefix,
             public_prefix
         );
@@ -135,10 +143,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         let _ = writeln!(
             out,
-            "keyward: {} keys loaded from {} (snapshot sequence {})",
+            "keyward: {} keys loaded from {} (snapshot sequence {}, {} logged changes replayed, now at sequence {})",
             ready.records,
             data_dir.display(),
-            ready.snapshot_sequence
+            ready.snapshot_sequence,
+            ready.replayed_deltas,
+            ready.sequence
         );
         let _ = writeln!(
             out,
@@ -146,6 +156,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             ready.verify_address,
             ready.cpus.len(),
             ready.cpus
+        );
+        let _ = writeln!(
+            out,
+            "keyward: control port listening on {} (admin token in {})",
+            ready.control_address,
+            data_dir.join(keyward::datadir::ADMIN_TOKEN_FILE).display()
         );
         let _ = writeln!(out, "keyward: press Ctrl-C to stop");
         let _ = out.flush();

@@ -603,13 +603,19 @@ pub fn parse_batch_result(body: &[u8]) -> Result<Vec<VerifyResult>, BodyError> {
 
 /// Appends a whole ERROR frame.
 pub fn put_error_frame(out: &mut Vec<u8>, request_id: u32, code: ErrorCode, message: &str) {
+    put_error_frame_code(out, request_id, code as u8, message);
+}
+
+/// Appends a whole ERROR frame with a raw code (the control port adds codes of its own). The
+/// message is cut, at a character boundary, to [`ERROR_MESSAGE_BYTES_MAX`].
+pub fn put_error_frame_code(out: &mut Vec<u8>, request_id: u32, code: u8, message: &str) {
     let mut end = message.len().min(ERROR_MESSAGE_BYTES_MAX);
     while !message.is_char_boundary(end) {
         end -= 1;
     }
     let message = &message[..end];
     put_header(out, opcode::ERROR, request_id, 1 + 2 + message.len());
-    out.push(code as u8);
+    out.push(code);
     out.extend_from_slice(&(message.len() as u16).to_le_bytes());
     out.extend_from_slice(message.as_bytes());
 }

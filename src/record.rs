@@ -33,6 +33,8 @@ pub const TENANT_BYTES_MAX: usize = 64;
 pub const NAME_BYTES_MAX: usize = 128;
 /// Most client-address ranges on one key.
 pub const ALLOW_RANGES_MAX: usize = 16;
+/// Longest idempotency key, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 
 /// Whether an admin has revoked the key. Expiry is not a status: it is computed from the time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +204,8 @@ pub struct KeyRecord {
     pub visibility: Visibility,
     /// Empty: any client address.
     pub allow: Vec<Cidr>,
+    /// The idempotency key an ISSUE carried, so a retry finds this key; empty when none.
+    pub idempotency_key: String,
 }
 
 /// Why a record cannot go into a table.
@@ -222,6 +226,8 @@ pub enum RecordError {
     AllowCount,
     #[error("expiry is before not-before")]
     ExpiryBeforeStart,
+    #[error("idempotency key is longer than {IDEMPOTENCY_KEY_BYTES_MAX} bytes")]
+    IdempotencyKeyLength,
 }
 
 impl KeyRecord {
@@ -248,6 +254,9 @@ impl KeyRecord {
         }
         if self.allow.len() > ALLOW_RANGES_MAX {
             return Err(RecordError::AllowCount);
+        }
+        if self.idempotency_key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+            return Err(RecordError::IdempotencyKeyLength);
         }
         if matches!(self.expires, Some(expires) if expires < self.not_before) {
             return Err(RecordError::ExpiryBeforeStart);

@@ -10,8 +10,10 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::{ConfigError, ServerConfig};
+use crate::control::{self, ControlSettings, ControlStart};
 use crate::datadir::{DataDir, DataDirError};
-use crate::shard::{self, ShardReport, ShardSettings};
+use crate::delta::{self, DeltaLog, LogError};
+use crate::shard::{self, ShardLink, ShardReport, ShardSettings, ShardStart};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::verify::Verifier;
 
@@ -25,6 +27,8 @@ pub enum ServerError {
     DataDir(#[from] DataDirError),
     #[error("cannot load the key table: {0}")]
     Snapshot(#[from] SnapshotError),
+    #[error("cannot open the delta log: {0}")]
+    Log(#[from] LogError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -69,6 +73,9 @@ impl Shutdown {
 #[derive(Clone, Debug)]
 pub struct Ready {
     pub verify_address: SocketAddr,
+    pub control_address: SocketAddr,
+    pub replayed_deltas: usize,
+    pub sequence: u64,
     pub cpus: Vec<usize>,
     pub records: u64,
     pub snapshot_sequence: u64,
@@ -86,6 +93,15 @@ pub fn run(
     check_io_uring()?;
     let data_dir = DataDir::open_or_create(&config.data_dir)?;
     let snapshot = Snapshot::open(&data_dir.snapshot_path())?;
+    let log_path = config.data_dir.join(delta::FILE_NAME);
+    let (log, replay) = DeltaLog::open(&log_path, snapshot.header().sequence)?;
+    if let Some((offset, dropped, reason)) = &replay.cut {
+        eprintln!(
+            "keyward: warning: {}: cut a torn or corrupt tail at byte offset {offset} ({dropped} bytes dropped: {reason}); every acknowledged change before it is kept",
+            log_path.display()
+        );
+    }
+    let replayed = Arc::new(replay.deltas);
     let verifier = Arc::new(Verifier::new(
         data_dir.pepper(),
         config.prefixes().map_err(ConfigError::from)?,
@@ -95,7 +111,7 @@ pub fn run(
     let mut address = config.listen;
     let mut listeners = Vec::with_capacity(cpus.len());
     for _ in &cpus {
-        let socket = bind_listener(address, config.listen_backlog)?;
+        let socket = bind_listener(address, config.listen_backlog, true)?;
         address = socket
             .local_addr()
             .ok()
@@ -104,15 +120,37 @@ pub fn run(
         listeners.push(socket);
     }
 
+    let control_listener = bind_listener(config.control, config.listen_backlog, false)?;
+    let control_address = control_listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(config.control);
+    let mut links = Vec::with_capacity(cpus.len());
+    let mut to_shards = Vec::with_capacity(cpus.len());
+    let mut from_shards = Vec::with_capacity(cpus.len());
+    for _ in &cpus {
+        let (sender, inbox) =
+            glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
+        let (acks, receiver) =
+            glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
+        links.push(ShardLink { inbox, acks });
+        to_shards.push(sender);
+        from_shards.push(receiver);
+    }
+
     let settings = ShardSettings {
         connections_max: config.connections_per_shard_max,
         frame_body_bytes_max: config.frame_body_bytes_max,
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
     };
     let mut handles = Vec::with_capacity(cpus.len());
-    for (index, (cpu, listener)) in cpus.iter().copied().zip(listeners).enumerate() {
+    for (index, ((cpu, listener), link)) in
+        cpus.iter().copied().zip(listeners).zip(links).enumerate()
+    {
         let fd = listener.into_raw_fd();
         let snapshot = snapshot.clone();
+        let replayed = replayed.clone();
         let verifier = verifier.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
@@ -121,7 +159,16 @@ pub fn run(
             .spin_before_park(Duration::from_micros(config.spin_before_park_us))
             .io_memory(config.io_memory_bytes);
         let handle = builder
-            .spawn(move || shard::serve(index, fd, snapshot, verifier, settings, shutdown))
+            .spawn(move || {
+                let start = ShardStart {
+                    index,
+                    listener_fd: fd,
+                    snapshot,
+                    replayed,
+                    link,
+                };
+                shard::serve(start, verifier, settings, shutdown)
+            })
             .map_err(|e| ServerError::Executor {
                 shard: index,
                 cpu,
@@ -130,8 +177,41 @@ pub fn run(
         handles.push(handle);
     }
 
+    let sequence = replay.last_sequence;
+    let control_settings = ControlSettings {
+        admin_token: data_dir.admin_token().to_string(),
+        hasher: verifier.hasher().clone(),
+        prefixes: verifier.prefixes().clone(),
+        master_secret: *data_dir.master_secret(),
+        snapshot_path: data_dir.snapshot_path(),
+        compact_deltas_max: config.compact_deltas_max,
+        compact_log_bytes_max: config.compact_log_bytes_max,
+    };
+    let control_start = ControlStart {
+        listener_fd: control_listener.into_raw_fd(),
+        snapshot: snapshot.clone(),
+        log,
+        replayed: replayed.clone(),
+        to_shards,
+        from_shards,
+    };
+    let control_shutdown = shutdown.clone();
+    let control_handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("keyward-control")
+        .spin_before_park(Duration::from_micros(config.spin_before_park_us))
+        .io_memory(config.io_memory_bytes)
+        .spawn(move || control::serve(control_settings, control_start, control_shutdown))
+        .map_err(|e| ServerError::Executor {
+            shard: usize::MAX,
+            cpu: usize::MAX,
+            message: e.to_string(),
+        })?;
+
     on_ready(&Ready {
         verify_address: address,
+        control_address,
+        replayed_deltas: replayed.len(),
+        sequence,
         cpus: cpus.clone(),
         records: snapshot.header().record_count,
         snapshot_sequence: snapshot.header().sequence,
@@ -148,6 +228,9 @@ pub fn run(
                 failure.get_or_insert(ServerError::ShardPanicked(index));
             }
         }
+    }
+    if control_handle.join().is_err() {
+        failure.get_or_insert(ServerError::ShardPanicked(usize::MAX));
     }
     drop(data_dir);
     match failure {
@@ -176,9 +259,14 @@ fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
         .collect()
 }
 
-/// A listening socket with SO_REUSEPORT (so every shard can bind the same port) and our own
-/// backlog, handed to glommio by file descriptor.
-fn bind_listener(address: SocketAddr, backlog: u32) -> Result<socket2::Socket, ServerError> {
+/// A listening socket with our own backlog, handed to glommio by file descriptor; with
+/// SO_REUSEPORT for the verify port (every shard binds it), without for the control port (one
+/// listener, and a second server on the same port must fail rather than share it).
+fn bind_listener(
+    address: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> Result<socket2::Socket, ServerError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let error = |source| ServerError::Bind { address, source };
     let socket = Socket::new(
@@ -188,7 +276,7 @@ fn bind_listener(address: SocketAddr, backlog: u32) -> Result<socket2::Socket, S
     )
     .map_err(error)?;
     socket.set_reuse_address(true).map_err(error)?;
-    socket.set_reuse_port(true).map_err(error)?;
+    socket.set_reuse_port(reuse_port).map_err(error)?;
     socket.set_nonblocking(true).map_err(error)?;
     socket.bind(&address.into()).map_err(error)?;
     socket

@@ -6,7 +6,7 @@
 //! all the answers back in one write, repeat. Pipelined clients therefore cost one read and one
 //! write per batch of frames, not per frame.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::rc::Rc;
@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::{TcpListener, TcpStream};
 
+use crate::delta::Delta;
+use crate::overlay::{Overlay, TableView};
 use crate::protocol::{self, opcode, ErrorCode, Frame, Status};
 use crate::record::UnixSeconds;
 use crate::server::Shutdown;
@@ -50,8 +53,34 @@ pub struct ShardReport {
     pub errors_sent: u64,
 }
 
+/// What the control plane sends a shard.
+pub enum ShardMessage {
+    /// Apply this delta to the overlay (deltas arrive in sequence order).
+    Apply(Arc<Delta>),
+    /// Switch to this snapshot and drop the overlay entries it includes.
+    Switch(Arc<Snapshot>),
+}
+
+/// A shard's two channels to the control plane: deltas in, applied sequence numbers out.
+pub struct ShardLink {
+    pub inbox: SharedReceiver<ShardMessage>,
+    pub acks: SharedSender<u64>,
+}
+
+/// What one shard starts from.
+pub struct ShardStart {
+    pub index: usize,
+    /// A bound, listening, non-blocking socket for the verify port.
+    pub listener_fd: RawFd,
+    pub snapshot: Arc<Snapshot>,
+    /// Deltas logged after the snapshot, replayed into the overlay before serving.
+    pub replayed: Arc<Vec<Delta>>,
+    pub link: ShardLink,
+}
+
 struct ShardState {
-    snapshot: Arc<Snapshot>,
+    snapshot: RefCell<Arc<Snapshot>>,
+    overlay: RefCell<Overlay>,
     verifier: Arc<Verifier>,
     settings: ShardSettings,
     connections_open: Cell<usize>,
@@ -63,18 +92,28 @@ struct ShardState {
 
 /// The shard's main future: accept until shutdown, then return the counters.
 pub async fn serve(
-    index: usize,
-    listener_fd: RawFd,
-    snapshot: Arc<Snapshot>,
+    start: ShardStart,
     verifier: Arc<Verifier>,
     settings: ShardSettings,
     shutdown: Shutdown,
 ) -> ShardReport {
+    let ShardStart {
+        index,
+        listener_fd,
+        snapshot,
+        replayed,
+        link,
+    } = start;
     // SAFETY: the descriptor is a bound, listening, non-blocking TCP socket handed over by
     // server::run, owned by this shard alone from now on.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
+    let mut overlay = Overlay::new(snapshot.header().sequence);
+    for delta in replayed.iter() {
+        overlay.apply(delta);
+    }
     let state = Rc::new(ShardState {
-        snapshot,
+        snapshot: RefCell::new(snapshot),
+        overlay: RefCell::new(overlay),
         verifier,
         settings,
         connections_open: Cell::new(0),
@@ -83,6 +122,7 @@ pub async fn serve(
         by_status: Default::default(),
         errors_sent: Cell::new(0),
     });
+    glommio::spawn_local(apply_loop(link, state.clone())).detach();
     let accepting = accept_loop(&listener, &state);
     let stopping = async {
         while !shutdown.is_triggered() {
@@ -96,6 +136,27 @@ pub async fn serve(
         connections_refused: state.connections_refused.get(),
         by_status: std::array::from_fn(|i| state.by_status[i].get()),
         errors_sent: state.errors_sent.get(),
+    }
+}
+
+/// Applies what the control plane sends, in order, on this core, and reports the sequence
+/// applied after each message. Runs until the control plane hangs up.
+async fn apply_loop(link: ShardLink, state: Rc<ShardState>) {
+    let inbox = link.inbox.connect().await;
+    let acks = link.acks.connect().await;
+    while let Some(message) = inbox.recv().await {
+        match message {
+            ShardMessage::Apply(delta) => state.overlay.borrow_mut().apply(&delta),
+            ShardMessage::Switch(snapshot) => {
+                let included = snapshot.header().sequence;
+                *state.snapshot.borrow_mut() = snapshot;
+                state.overlay.borrow_mut().drop_through(included);
+            }
+        }
+        let applied = state.overlay.borrow().sequence();
+        if acks.send(applied).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -200,7 +261,12 @@ async fn connection(mut stream: TcpStream, state: &ShardState) -> std::io::Resul
 /// Appends the answer to one frame.
 fn answer(state: &ShardState, frame: &Frame<'_>, now: UnixSeconds, output: &mut Vec<u8>) {
     let request_id = frame.header.request_id;
-    let snapshot = &*state.snapshot;
+    let snapshot = state.snapshot.borrow();
+    let overlay = state.overlay.borrow();
+    let table = TableView {
+        snapshot: &snapshot,
+        overlay: &overlay,
+    };
     match frame.header.opcode {
         opcode::PING if frame.body.is_empty() => {
             protocol::put_header(output, opcode::PONG, request_id, 0);
@@ -209,9 +275,9 @@ fn answer(state: &ShardState, frame: &Frame<'_>, now: UnixSeconds, output: &mut 
         opcode::VERIFY => match protocol::parse_verify(frame.body) {
             Ok(request) => {
                 let start = protocol::begin_frame(output, opcode::VERIFY_RESULT, request_id);
-                let verdict = state.verifier.verify(snapshot, &request, now);
+                let verdict = state.verifier.verify(&table, &request, now);
                 count(state, verdict.status);
-                verify::put_verdict(output, snapshot, &verdict);
+                verify::put_verdict(output, &verdict);
                 protocol::end_frame(output, start);
             }
             Err(error) => bad_body(state, output, request_id, error),
@@ -223,9 +289,9 @@ fn answer(state: &ShardState, frame: &Frame<'_>, now: UnixSeconds, output: &mut 
                 let items = protocol::BatchItems::new(frame.body).expect("checked above");
                 for request in items {
                     let request = request.expect("checked above");
-                    let verdict = state.verifier.verify(snapshot, &request, now);
+                    let verdict = state.verifier.verify(&table, &request, now);
                     count(state, verdict.status);
-                    verify::put_verdict(output, snapshot, &verdict);
+                    verify::put_verdict(output, &verdict);
                 }
                 protocol::end_frame(output, start);
             }

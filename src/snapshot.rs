@@ -79,6 +79,8 @@ pub struct StoredRecord {
     pub visibility: u8,
     pub kind: u8,
     pub allow: Vec<StoredRange>,
+    /// The idempotency key the record was issued under; empty when none.
+    pub idempotency_key: String,
 }
 
 /// The archived root.
@@ -268,6 +270,7 @@ pub fn build_body(records: &[KeyRecord]) -> Result<TableBody, SnapshotError> {
                     prefix_len: c.prefix_len,
                 })
                 .collect(),
+            idempotency_key: record.idempotency_key.clone(),
         })
         .collect();
 
@@ -571,6 +574,7 @@ impl Snapshot {
                     prefix_len: r.prefix_len,
                 })
                 .collect(),
+            idempotency_key: stored.idempotency_key.as_str().to_string(),
         }
     }
 }
@@ -671,6 +675,7 @@ mod tests {
             status: KeyStatus::Active,
             visibility: Visibility::Secret,
             allow: vec!["10.0.0.0/8".parse().unwrap()],
+            idempotency_key: String::new(),
         }
     }
 

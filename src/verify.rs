@@ -8,10 +8,10 @@
 //! 3. only now, statuses that reveal something about the key: `revoked`, `expired`,
 //!    `not_yet_valid`, `tenant_mismatch`, `scope_denied`, `address_denied`, in that order.
 
-use crate::credential::{self, Hasher, KeyId, Parsed, Prefixes, SecretHash};
+use crate::credential::{self, Hasher, Parsed, Prefixes, SecretHash};
+use crate::overlay::{Found, TableView};
 use crate::protocol::{self, Status, VerifyRequest};
-use crate::record::{self, KeyKind, KeyStatus, UnixSeconds};
-use crate::snapshot::{ArchivedStoredRecord, Snapshot};
+use crate::record::{self, KeyKind, UnixSeconds};
 
 /// Everything a shard needs to decide; immutable and shared.
 #[derive(Clone)]
@@ -26,7 +26,7 @@ pub struct Verifier {
 pub struct Verdict<'t> {
     pub status: Status,
     /// Present when the secret matched (for every status from `revoked` on, and `valid`).
-    pub record: Option<&'t ArchivedStoredRecord>,
+    pub record: Option<Found<'t>>,
 }
 
 impl<'t> Verdict<'t> {
@@ -60,7 +60,7 @@ impl Verifier {
     /// Decides one request against one table at time `now`.
     pub fn verify<'t>(
         &self,
-        table: &'t Snapshot,
+        table: &TableView<'t>,
         request: &VerifyRequest<'_>,
         now: UnixSeconds,
     ) -> Verdict<'t> {
@@ -69,8 +69,8 @@ impl Verifier {
                 let presented = self.hasher.native(native.key_id, &native.secret);
                 let found = table
                     .find(native.key_id)
-                    .filter(|r| r.kind == KeyKind::Native as u8)
-                    .filter(|r| r.visibility == record::visibility_to_u8(native.visibility));
+                    .filter(|r| r.kind() == KeyKind::Native as u8)
+                    .filter(|r| r.visibility() == record::visibility_to_u8(native.visibility));
                 self.match_secret(found, &presented)
             }
             Parsed::Malformed(_) => return Verdict::status(Status::Malformed),
@@ -84,7 +84,7 @@ impl Verifier {
                 let presented = self.hasher.imported(request.credential);
                 let found = table
                     .find_fingerprint(&presented)
-                    .filter(|r| r.kind == KeyKind::Imported as u8);
+                    .filter(|r| r.kind() == KeyKind::Imported as u8);
                 self.match_secret(found, &presented)
             }
         };
@@ -92,7 +92,7 @@ impl Verifier {
             return Verdict::status(Status::Unknown);
         };
         Verdict {
-            status: judge(table, record, request, now),
+            status: judge(&record, request, now),
             record: Some(record),
         }
     }
@@ -102,80 +102,53 @@ impl Verifier {
     #[inline]
     fn match_secret<'t>(
         &self,
-        found: Option<&'t ArchivedStoredRecord>,
+        found: Option<Found<'t>>,
         presented: &SecretHash,
-    ) -> Option<&'t ArchivedStoredRecord> {
-        let stored = found.map_or(&self.decoy, |r| &r.hash);
+    ) -> Option<Found<'t>> {
+        let stored = found.as_ref().map_or(&self.decoy, |r| r.hash());
         let equal = credential::hashes_equal(stored, presented);
         found.filter(|_| equal)
     }
 }
 
 /// The checks that may reveal something about a key; run only after its secret matched.
-fn judge(
-    table: &Snapshot,
-    record: &ArchivedStoredRecord,
-    request: &VerifyRequest<'_>,
-    now: UnixSeconds,
-) -> Status {
-    if KeyStatus::from_u8(record.status) != Some(KeyStatus::Active) {
+fn judge(record: &Found<'_>, request: &VerifyRequest<'_>, now: UnixSeconds) -> Status {
+    if !record.is_active() {
         return Status::Revoked;
     }
-    let expires = record.expires.to_native();
+    let expires = record.expires();
     if expires != 0 && now.0 >= expires {
         return Status::Expired;
     }
-    if now.0 < record.not_before.to_native() {
+    if now.0 < record.not_before() {
         return Status::NotYetValid;
     }
     if let Some(tenant) = request.tenant {
-        if table.tenant_name(record.tenant.to_native()).as_bytes() != tenant {
+        if record.tenant().as_bytes() != tenant {
             return Status::TenantMismatch;
         }
     }
     if let Some(scope) = request.scope {
-        let granted = record
-            .scopes
-            .iter()
-            .any(|s| table.scope_name(s.to_native()).as_bytes() == scope);
-        if !granted {
+        if !record.has_scope(scope) {
             return Status::ScopeDenied;
         }
     }
-    if !record.allow.is_empty() {
-        let Some(address) = request.address else {
-            return Status::AddressDenied;
-        };
-        let address = record::to_mapped(address);
-        let allowed = record
-            .allow
-            .iter()
-            .any(|r| record::contains(&r.network, r.prefix_len, &address));
-        if !allowed {
-            return Status::AddressDenied;
-        }
+    if !record.address_allowed(request.address) {
+        return Status::AddressDenied;
     }
     Status::Valid
 }
 
 /// Appends the VERIFY result body for a verdict.
-pub fn put_verdict(out: &mut Vec<u8>, table: &Snapshot, verdict: &Verdict<'_>) {
+pub fn put_verdict(out: &mut Vec<u8>, verdict: &Verdict<'_>) {
     match (verdict.status, verdict.record) {
         (Status::Valid, Some(record)) => protocol::put_valid(
             out,
-            record.id.to_native(),
-            record.expires.to_native(),
-            table.tenant_name(record.tenant.to_native()),
-            record
-                .scopes
-                .iter()
-                .map(|s| table.scope_name(s.to_native())),
+            record.id().0,
+            record.expires(),
+            record.tenant(),
+            record.scopes(),
         ),
         (status, _) => protocol::put_status(out, status),
     }
-}
-
-/// The id a verdict refers to, when the secret matched.
-pub fn verdict_key(verdict: &Verdict<'_>) -> Option<KeyId> {
-    verdict.record.map(|r| KeyId(r.id.to_native()))
 }

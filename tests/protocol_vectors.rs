@@ -60,6 +60,7 @@ fn documented_exchanges_match_the_server_byte_for_byte() {
             status: KeyStatus::Active,
             visibility: Visibility::Secret,
             allow: vec!["10.0.0.0/8".parse().unwrap()],
+            idempotency_key: String::new(),
         }]
     });
     let server = common::Server::start(directory.path(), &[]);

@@ -39,6 +39,7 @@ fn record(id: u64, hash: [u8; 32], now: UnixSeconds) -> KeyRecord {
             "10.0.0.0/8".parse().unwrap(),
             "2001:db8::/32".parse().unwrap(),
         ],
+        idempotency_key: String::new(),
     }
 }
 

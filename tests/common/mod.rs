@@ -49,7 +49,14 @@ pub fn keyward_command(data_dir: &Path, extra: &[&str]) -> Command {
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0", "--spin-before-park-us", "0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--spin-before-park-us",
+            "0",
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -40,6 +40,177 @@ enum Command {
     /// Offline key-table (snapshot) tools.
     #[command(subcommand)]
     Table(TableCommand),
+    /// Mint a new key on a running server; prints the credential (shown only this once).
+    Issue(IssueArgs),
+    /// Import foreign keys from a file (one per line, or JSON lines), in batches of up to 1000.
+    Import(ImportArgs),
+    /// Revoke a key by id or by credential; every shard refuses it before this returns.
+    Revoke(RevokeArgs),
+    /// Replace a key with a new one (same tenant, scopes, allowlist and expiry unless given).
+    Rotate(RotateArgs),
+    /// Change a key's name, scopes or address allowlist.
+    Update(UpdateArgs),
+    /// Show a key's record (never its secret), by id or by credential.
+    Inspect(InspectArgs),
+    /// List keys, optionally of one tenant, a page at a time.
+    List(ListArgs),
+    /// Sequence numbers, counts, log size and snapshot age of a running server.
+    Stats(AdminArgs),
+    /// Write a new snapshot now and shorten the delta log.
+    Compact(AdminArgs),
+}
+
+#[derive(Args, Clone)]
+struct AdminArgs {
+    /// Control port of the server.
+    #[arg(long, default_value = "127.0.0.1:7501", value_name = "ADDR")]
+    control: String,
+    /// Data directory whose admin.token to use.
+    #[arg(long, default_value = "./keyward-data", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// File holding the admin token (overrides --data-dir).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SpecArgs {
+    /// Tenant the key belongs to.
+    #[arg(long, default_value = "")]
+    tenant: String,
+    /// A name for people.
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Scopes, comma-separated (e.g. orders:read,orders:write).
+    #[arg(long, value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// Expiry, Unix seconds.
+    #[arg(long, value_name = "UNIX")]
+    expires: Option<u64>,
+    /// Expiry as seconds from now.
+    #[arg(long, value_name = "SECS", conflicts_with = "expires")]
+    ttl: Option<u64>,
+    /// Client-address ranges allowed, comma-separated CIDRs.
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    allow: Vec<Cidr>,
+}
+
+impl SpecArgs {
+    fn spec(&self) -> keyward::admin::KeySpec {
+        keyward::admin::KeySpec {
+            tenant: self.tenant.clone(),
+            name: self.name.clone(),
+            scopes: self.scopes.clone(),
+            expires: self.expires,
+            ttl_seconds: self.ttl,
+            not_before: None,
+            allow: self.allow.clone(),
+            public: false,
+        }
+    }
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Mint with the public prefix.
+    #[arg(long)]
+    public: bool,
+    /// Retrying with the same idempotency key returns the same credential.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// File of keys: one raw key per line, or JSON lines as in `table build`.
+    file: PathBuf,
+    /// Tenant for raw-key lines.
+    #[arg(long, default_value = "")]
+    tenant: String,
+    /// Scopes for raw-key lines, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// Keys per IMPORT request (1 to 1000).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Key id, or the credential itself.
+    key: String,
+    /// Why, for the log.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+#[derive(Args)]
+struct RotateArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Key id.
+    id: u64,
+    /// Keep the old key valid this many seconds; without it the old key is revoked at once.
+    #[arg(long, value_name = "SECS")]
+    grace: Option<u64>,
+    /// New scopes, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    scopes: Option<Vec<String>>,
+    /// New expiry, Unix seconds.
+    #[arg(long, value_name = "UNIX")]
+    expires: Option<u64>,
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Key id.
+    id: u64,
+    #[arg(long)]
+    name: Option<String>,
+    /// New scopes, comma-separated (replace the old ones).
+    #[arg(long, value_delimiter = ',')]
+    scopes: Option<Vec<String>>,
+    /// New allowlist, comma-separated CIDRs (replaces the old one).
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    allow: Option<Vec<Cidr>>,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Key id, or the credential itself.
+    key: String,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Start after this key id (the `next` of the previous page).
+    #[arg(long)]
+    after: Option<u64>,
+    /// Keys per page (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Follow `next` until the last page.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Args)]
@@ -184,8 +355,19 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
             json,
         }) => inspect(&file, records, json),
         Command::Table(TableCommand::Check { file }) => check(&file),
+        Command::Issue(args) => admin::issue(args),
+        Command::Import(args) => admin::import(args),
+        Command::Revoke(args) => admin::revoke(args),
+        Command::Rotate(args) => admin::rotate(args),
+        Command::Update(args) => admin::update(args),
+        Command::Inspect(args) => admin::inspect(args),
+        Command::List(args) => admin::list(args),
+        Command::Stats(args) => admin::stats(args),
+        Command::Compact(args) => admin::compact(args),
     }
 }
+
+mod admin;
 
 fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let mut client = Client::connect(&args.server)
@@ -375,6 +557,7 @@ fn build(
             },
             visibility: credential::Visibility::Secret,
             allow: parsed.allow,
+            idempotency_key: String::new(),
         };
         match credential::parse(parsed.credential.as_bytes(), &prefixes) {
             Parsed::Native(native) => {

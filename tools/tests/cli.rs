@@ -46,6 +46,8 @@ fn serve(data_dir: &Path) -> Server {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
             "--shards",
             "2",
             "--data-dir",

@@ -1,0 +1,539 @@
+//! The delta log: an append-only file of checksummed, sequence-numbered changes made since the
+//! snapshot. A change is acknowledged only once its record is durable; on start-up the log is
+//! replayed over the snapshot, and a torn or corrupt tail is cut at the last good record.
+//!
+//! ```text
+//! file header, 16 bytes
+//! 0   8  magic "KWLOG\r\n\0"
+//! 8   4  format version, u32 LE (1)
+//! 12  4  zero
+//!
+//! then records, back to back
+//! 0   4  payload bytes, u32 LE (at most PAYLOAD_BYTES_MAX)
+//! 4   4  CRC-32 of the payload, u32 LE
+//! 8   …  payload: sequence u64 LE, kind u8, note (u16 LE length + UTF-8),
+//!        record count u16 LE, records (each a full key record, see `put_record`)
+//! ```
+//!
+//! Applying a delta means: every record it carries replaces the record with the same id (or is
+//! added). Revocation, rotation and updates are all expressed that way, so replay is simple and
+//! idempotent by sequence number.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::credential::{KeyId, Visibility};
+use crate::record::{
+    visibility_from_u8, visibility_to_u8, Cidr, KeyKind, KeyRecord, KeyStatus, UnixSeconds,
+};
+
+pub const FILE_NAME: &str = "deltas.log";
+pub const MAGIC: [u8; 8] = *b"KWLOG\r\n\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const FILE_HEADER_BYTES: usize = 16;
+pub const RECORD_HEADER_BYTES: usize = 8;
+/// Most key records in one delta (a batch import of 1000 is the largest producer).
+pub const RECORDS_PER_DELTA_MAX: usize = 1000;
+/// Longest delta payload: 1000 records of at most ~2.7 KiB each, plus the note.
+pub const PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Longest note (e.g. a revocation reason).
+pub const NOTE_BYTES_MAX: usize = 1024;
+
+/// What a delta did, for the audit trail and for people reading the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DeltaKind {
+    Issue = 1,
+    Import = 2,
+    Revoke = 3,
+    Rotate = 4,
+    Update = 5,
+}
+
+impl DeltaKind {
+    pub fn from_u8(value: u8) -> Option<DeltaKind> {
+        Some(match value {
+            1 => DeltaKind::Issue,
+            2 => DeltaKind::Import,
+            3 => DeltaKind::Revoke,
+            4 => DeltaKind::Rotate,
+            5 => DeltaKind::Update,
+            _ => return None,
+        })
+    }
+}
+
+/// One change: a sequence number and the full new state of every record it touches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub sequence: u64,
+    pub kind: DeltaKind,
+    pub note: String,
+    pub records: Vec<KeyRecord>,
+}
+
+/// Why a log could not be opened or appended to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a keyward delta log (bad magic)")]
+    Magic { path: PathBuf },
+    #[error("{path}: delta log format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path}: delta {found} follows {previous}; sequence numbers must increase by one")]
+    Sequence {
+        path: PathBuf,
+        previous: u64,
+        found: u64,
+    },
+}
+
+/// Why one record's bytes do not decode (the replay treats it as the end of the good log).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("ends early")]
+    Truncated,
+    #[error("length {0} is over the limit")]
+    Length(u32),
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("bad field: {0}")]
+    Field(&'static str),
+    #[error("{0} bytes after the last field")]
+    Trailing(usize),
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    debug_assert!(text.len() <= usize::from(u8::MAX));
+    out.push(text.len() as u8);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Appends the binary form of a record (documented in docs/FORMATS.md).
+pub fn put_record(out: &mut Vec<u8>, record: &KeyRecord) {
+    out.extend_from_slice(&record.id.0.to_le_bytes());
+    out.push(record.kind as u8);
+    out.extend_from_slice(&record.hash);
+    put_text(out, &record.tenant);
+    put_text(out, &record.name);
+    out.push(record.scopes.len() as u8);
+    for scope in &record.scopes {
+        put_text(out, scope);
+    }
+    out.extend_from_slice(&record.created.0.to_le_bytes());
+    out.extend_from_slice(&record.not_before.0.to_le_bytes());
+    out.extend_from_slice(&record.expires.map_or(0, |e| e.0.max(1)).to_le_bytes());
+    out.push(record.status as u8);
+    out.push(visibility_to_u8(record.visibility));
+    out.push(record.allow.len() as u8);
+    for range in &record.allow {
+        out.extend_from_slice(&range.network);
+        out.push(range.prefix_len);
+    }
+    put_text(out, &record.idempotency_key);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Result<&'a [u8], DecodeError> {
+        if count > self.bytes.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, tail) = self.bytes.split_at(count);
+        self.bytes = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn text(&mut self, count: usize) -> Result<String, DecodeError> {
+        let bytes = self.take(count)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Field("text is not UTF-8"))
+    }
+    fn short_text(&mut self) -> Result<String, DecodeError> {
+        let count = usize::from(self.u8()?);
+        self.text(count)
+    }
+}
+
+fn read_record(reader: &mut Reader<'_>) -> Result<KeyRecord, DecodeError> {
+    let id = KeyId(reader.u64()?);
+    let kind = KeyKind::from_u8(reader.u8()?).ok_or(DecodeError::Field("kind"))?;
+    let hash: [u8; 32] = reader.take(32)?.try_into().unwrap();
+    let tenant = reader.short_text()?;
+    let name = reader.short_text()?;
+    let scope_count = reader.u8()?;
+    let scopes = (0..scope_count)
+        .map(|_| reader.short_text())
+        .collect::<Result<Vec<_>, _>>()?;
+    let created = UnixSeconds(reader.u64()?);
+    let not_before = UnixSeconds(reader.u64()?);
+    let expires = reader.u64()?;
+    let status = KeyStatus::from_u8(reader.u8()?).ok_or(DecodeError::Field("status"))?;
+    let visibility: Visibility =
+        visibility_from_u8(reader.u8()?).ok_or(DecodeError::Field("visibility"))?;
+    let range_count = reader.u8()?;
+    let mut allow = Vec::with_capacity(usize::from(range_count));
+    for _ in 0..range_count {
+        let network: [u8; 16] = reader.take(16)?.try_into().unwrap();
+        let prefix_len = reader.u8()?;
+        if prefix_len > 128 {
+            return Err(DecodeError::Field("address range prefix"));
+        }
+        allow.push(Cidr {
+            network,
+            prefix_len,
+        });
+    }
+    let idempotency_key = reader.short_text()?;
+    let record = KeyRecord {
+        id,
+        kind,
+        hash,
+        tenant,
+        name,
+        scopes,
+        created,
+        not_before,
+        expires: (expires != 0).then_some(UnixSeconds(expires)),
+        status,
+        visibility,
+        allow,
+        idempotency_key,
+    };
+    record
+        .validate()
+        .map_err(|_| DecodeError::Field("record out of bounds"))?;
+    Ok(record)
+}
+
+/// Encodes a whole log record (length, checksum, payload).
+pub fn encode(delta: &Delta) -> Vec<u8> {
+    assert!(
+        delta.records.len() <= RECORDS_PER_DELTA_MAX,
+        "delta carries too many records"
+    );
+    assert!(delta.note.len() <= NOTE_BYTES_MAX, "delta note too long");
+    let mut out = vec![0u8; RECORD_HEADER_BYTES];
+    out.extend_from_slice(&delta.sequence.to_le_bytes());
+    out.push(delta.kind as u8);
+    out.extend_from_slice(&(delta.note.len() as u16).to_le_bytes());
+    out.extend_from_slice(delta.note.as_bytes());
+    out.extend_from_slice(&(delta.records.len() as u16).to_le_bytes());
+    for record in &delta.records {
+        put_record(&mut out, record);
+    }
+    let payload_bytes = out.len() - RECORD_HEADER_BYTES;
+    assert!(payload_bytes <= PAYLOAD_BYTES_MAX);
+    let crc = crc32fast::hash(&out[RECORD_HEADER_BYTES..]);
+    out[0..4].copy_from_slice(&(payload_bytes as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes the record at the start of `bytes`; returns it and its length in bytes.
+pub fn decode(bytes: &[u8]) -> Result<(Delta, usize), DecodeError> {
+    let header = bytes
+        .get(..RECORD_HEADER_BYTES)
+        .ok_or(DecodeError::Truncated)?;
+    let payload_bytes = u32::from_le_bytes(header[0..4].try_into().unwrap());
+    if payload_bytes as usize > PAYLOAD_BYTES_MAX {
+        return Err(DecodeError::Length(payload_bytes));
+    }
+    let end = RECORD_HEADER_BYTES + payload_bytes as usize;
+    let payload = bytes
+        .get(RECORD_HEADER_BYTES..end)
+        .ok_or(DecodeError::Truncated)?;
+    if crc32fast::hash(payload) != u32::from_le_bytes(header[4..8].try_into().unwrap()) {
+        return Err(DecodeError::Checksum);
+    }
+    let mut reader = Reader { bytes: payload };
+    let sequence = reader.u64()?;
+    let kind = DeltaKind::from_u8(reader.u8()?).ok_or(DecodeError::Field("delta kind"))?;
+    let note_bytes = usize::from(reader.u16()?);
+    if note_bytes > NOTE_BYTES_MAX {
+        return Err(DecodeError::Field("note length"));
+    }
+    let note = reader.text(note_bytes)?;
+    let count = usize::from(reader.u16()?);
+    if count > RECORDS_PER_DELTA_MAX {
+        return Err(DecodeError::Field("record count"));
+    }
+    let records = (0..count)
+        .map(|_| read_record(&mut reader))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !reader.bytes.is_empty() {
+        return Err(DecodeError::Trailing(reader.bytes.len()));
+    }
+    Ok((
+        Delta {
+            sequence,
+            kind,
+            note,
+            records,
+        },
+        end,
+    ))
+}
+
+fn file_header() -> [u8; FILE_HEADER_BYTES] {
+    let mut header = [0u8; FILE_HEADER_BYTES];
+    header[0..8].copy_from_slice(&MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header
+}
+
+/// What replay found in the log.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Deltas after `after_sequence`, in order.
+    pub deltas: Vec<Delta>,
+    /// Highest sequence in the log (or `after_sequence` when the log holds nothing newer).
+    pub last_sequence: u64,
+    /// When a torn or corrupt tail was cut: the byte offset of the cut, the bytes dropped, why.
+    pub cut: Option<(u64, u64, String)>,
+}
+
+/// An open delta log, positioned for appends.
+pub struct DeltaLog {
+    file: File,
+    path: PathBuf,
+    bytes: u64,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl DeltaLog {
+    /// Opens (creating when missing) the log, replays it, cuts a torn tail, and returns the
+    /// deltas newer than `after_sequence` (the snapshot's).
+    pub fn open(path: &Path, after_sequence: u64) -> Result<(DeltaLog, Replay), LogError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_error(path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_error(path))?;
+        if bytes.len() < FILE_HEADER_BYTES {
+            // New, or torn while its header was being written: start it afresh.
+            file.set_len(0).map_err(io_error(path))?;
+            file.seek(SeekFrom::Start(0)).map_err(io_error(path))?;
+            file.write_all(&file_header()).map_err(io_error(path))?;
+            file.sync_all().map_err(io_error(path))?;
+            sync_directory(path)?;
+            let log = DeltaLog {
+                file,
+                path: path.to_path_buf(),
+                bytes: FILE_HEADER_BYTES as u64,
+            };
+            return Ok((
+                log,
+                Replay {
+                    last_sequence: after_sequence,
+                    ..Replay::default()
+                },
+            ));
+        }
+        if bytes[0..8] != MAGIC {
+            return Err(LogError::Magic {
+                path: path.to_path_buf(),
+            });
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+        if version != FORMAT_VERSION {
+            return Err(LogError::Version {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+        let mut replay = Replay {
+            last_sequence: after_sequence,
+            ..Replay::default()
+        };
+        let mut at = FILE_HEADER_BYTES;
+        let mut previous: Option<u64> = None;
+        while at < bytes.len() {
+            match decode(&bytes[at..]) {
+                Ok((delta, used)) => {
+                    if let Some(previous) = previous {
+                        if delta.sequence != previous + 1 {
+                            return Err(LogError::Sequence {
+                                path: path.to_path_buf(),
+                                previous,
+                                found: delta.sequence,
+                            });
+                        }
+                    }
+                    previous = Some(delta.sequence);
+                    if delta.sequence > after_sequence {
+                        if delta.sequence != replay.last_sequence + 1 {
+                            return Err(LogError::Sequence {
+                                path: path.to_path_buf(),
+                                previous: replay.last_sequence,
+                                found: delta.sequence,
+                            });
+                        }
+                        replay.last_sequence = delta.sequence;
+                        replay.deltas.push(delta);
+                    }
+                    at += used;
+                }
+                Err(error) => {
+                    let dropped = (bytes.len() - at) as u64;
+                    replay.cut = Some((at as u64, dropped, error.to_string()));
+                    file.set_len(at as u64).map_err(io_error(path))?;
+                    file.sync_all().map_err(io_error(path))?;
+                    break;
+                }
+            }
+        }
+        file.seek(SeekFrom::Start(at as u64))
+            .map_err(io_error(path))?;
+        Ok((
+            DeltaLog {
+                file,
+                path: path.to_path_buf(),
+                bytes: at as u64,
+            },
+            replay,
+        ))
+    }
+
+    /// Appends already-encoded records and makes them durable (one write, one fsync: callers
+    /// batch concurrent changes into one call — group commit).
+    pub fn append_durable(&mut self, encoded: &[u8]) -> Result<(), LogError> {
+        self.file.write_all(encoded).map_err(io_error(&self.path))?;
+        self.file.sync_data().map_err(io_error(&self.path))?;
+        self.bytes += encoded.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes in the log, header included.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the log with one holding only `keep` (the deltas newer than a new snapshot):
+    /// written beside it, fsynced, renamed over it, directory fsynced.
+    pub fn rewrite(&mut self, keep: &[Vec<u8>]) -> Result<(), LogError> {
+        let temporary = self.path.with_extension("log.tmp");
+        let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
+        let mut bytes = file_header().to_vec();
+        for encoded in keep {
+            bytes.extend_from_slice(encoded);
+        }
+        file.write_all(&bytes).map_err(io_error(&temporary))?;
+        file.sync_all().map_err(io_error(&temporary))?;
+        std::fs::rename(&temporary, &self.path).map_err(io_error(&self.path))?;
+        sync_directory(&self.path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(io_error(&self.path))?;
+        file.seek(SeekFrom::End(0)).map_err(io_error(&self.path))?;
+        self.file = file;
+        self.bytes = bytes.len() as u64;
+        Ok(())
+    }
+}
+
+fn sync_directory(path: &Path) -> Result<(), LogError> {
+    let directory = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(directory)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(directory))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64) -> KeyRecord {
+        KeyRecord {
+            id: KeyId(id),
+            kind: KeyKind::Native,
+            hash: [id as u8; 32],
+            tenant: "acme".into(),
+            name: format!("key {id}"),
+            scopes: vec!["a:b".into()],
+            created: UnixSeconds(10),
+            not_before: UnixSeconds(10),
+            expires: Some(UnixSeconds(99)),
+            status: KeyStatus::Active,
+            visibility: Visibility::Secret,
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            idempotency_key: String::new(),
+        }
+    }
+
+    fn delta(sequence: u64) -> Delta {
+        Delta {
+            sequence,
+            kind: DeltaKind::Issue,
+            note: "n".into(),
+            records: vec![record(sequence)],
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let original = delta(5);
+        let bytes = encode(&original);
+        assert_eq!(decode(&bytes), Ok((original, bytes.len())));
+    }
+
+    #[test]
+    fn replay_skips_what_the_snapshot_holds_and_cuts_a_torn_tail() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(FILE_NAME);
+        let (mut log, replay) = DeltaLog::open(&path, 0).unwrap();
+        assert!(replay.deltas.is_empty());
+        for sequence in 1..=3 {
+            log.append_durable(&encode(&delta(sequence))).unwrap();
+        }
+        let good = log.bytes();
+        log.append_durable(&encode(&delta(4))[..20]).unwrap();
+        drop(log);
+        let (log, replay) = DeltaLog::open(&path, 1).unwrap();
+        assert_eq!(
+            replay.deltas.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(replay.last_sequence, 3);
+        let (offset, dropped, _) = replay.cut.unwrap();
+        assert_eq!((offset, dropped), (good, 20));
+        assert_eq!(log.bytes(), good);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+    }
+}

@@ -1,0 +1,253 @@
+//! The overlay: one shard's in-memory view of the deltas applied since its snapshot, and the
+//! table view that consults it before the mapped snapshot.
+//!
+//! Each shard owns its overlay (no lock): deltas arrive over a channel and are applied in
+//! sequence order on the shard's own core. A record in the overlay replaces the snapshot's record
+//! with the same id, so a revocation is simply a newer record whose status is `revoked`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::credential::{fingerprint, KeyId, SecretHash};
+use crate::delta::Delta;
+use crate::record::{self, KeyKind, KeyRecord, KeyStatus};
+use crate::snapshot::{ArchivedStoredRecord, Snapshot};
+
+/// Records changed since the snapshot, each with the sequence of the delta that last set it.
+#[derive(Default, Debug)]
+pub struct Overlay {
+    records: HashMap<KeyId, (u64, KeyRecord)>,
+    /// Imported-key fingerprint → id, for imported records added after the snapshot.
+    fingerprints: HashMap<u64, KeyId>,
+    sequence: u64,
+}
+
+impl Overlay {
+    pub fn new(sequence: u64) -> Overlay {
+        Overlay {
+            sequence,
+            ..Overlay::default()
+        }
+    }
+
+    /// The sequence of the last delta applied (or of the snapshot when none was).
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Applies a delta. Deltas at or below the applied sequence are ignored (replays are safe).
+    pub fn apply(&mut self, delta: &Delta) {
+        if delta.sequence <= self.sequence {
+            return;
+        }
+        debug_assert_eq!(
+            delta.sequence,
+            self.sequence + 1,
+            "deltas applied out of order"
+        );
+        for record in &delta.records {
+            if record.kind == KeyKind::Imported {
+                self.fingerprints
+                    .insert(fingerprint(&record.hash), record.id);
+            }
+            self.records
+                .insert(record.id, (delta.sequence, record.clone()));
+        }
+        self.sequence = delta.sequence;
+    }
+
+    /// After switching to a snapshot that includes every delta up to `sequence`: drops the
+    /// entries that snapshot now holds.
+    pub fn drop_through(&mut self, sequence: u64) {
+        self.records.retain(|_, (set_at, _)| *set_at > sequence);
+        let records = &self.records;
+        self.fingerprints.retain(|_, id| records.contains_key(id));
+        self.sequence = self.sequence.max(sequence);
+    }
+
+    pub fn get(&self, id: KeyId) -> Option<&KeyRecord> {
+        self.records.get(&id).map(|(_, record)| record)
+    }
+
+    /// Every overlay record, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.records.values().map(|(_, record)| record)
+    }
+}
+
+/// A record found by a lookup: in the mapped snapshot, or in the overlay.
+#[derive(Clone, Copy, Debug)]
+pub enum Found<'t> {
+    Mapped(&'t Snapshot, &'t ArchivedStoredRecord),
+    Owned(&'t KeyRecord),
+}
+
+impl<'t> Found<'t> {
+    pub fn id(&self) -> KeyId {
+        match self {
+            Found::Mapped(_, r) => KeyId(r.id.to_native()),
+            Found::Owned(r) => r.id,
+        }
+    }
+
+    pub fn hash(&self) -> &'t SecretHash {
+        match self {
+            Found::Mapped(_, r) => &r.hash,
+            Found::Owned(r) => &r.hash,
+        }
+    }
+
+    pub fn kind(&self) -> u8 {
+        match self {
+            Found::Mapped(_, r) => r.kind,
+            Found::Owned(r) => r.kind as u8,
+        }
+    }
+
+    pub fn visibility(&self) -> u8 {
+        match self {
+            Found::Mapped(_, r) => r.visibility,
+            Found::Owned(r) => record::visibility_to_u8(r.visibility),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        match self {
+            Found::Mapped(_, r) => KeyStatus::from_u8(r.status) == Some(KeyStatus::Active),
+            Found::Owned(r) => r.status == KeyStatus::Active,
+        }
+    }
+
+    /// Unix seconds; 0 = never.
+    pub fn expires(&self) -> u64 {
+        match self {
+            Found::Mapped(_, r) => r.expires.to_native(),
+            Found::Owned(r) => r.expires.map_or(0, |e| e.0.max(1)),
+        }
+    }
+
+    pub fn not_before(&self) -> u64 {
+        match self {
+            Found::Mapped(_, r) => r.not_before.to_native(),
+            Found::Owned(r) => r.not_before.0,
+        }
+    }
+
+    pub fn tenant(&self) -> &'t str {
+        match self {
+            Found::Mapped(table, r) => table.tenant_name(r.tenant.to_native()),
+            Found::Owned(r) => &r.tenant,
+        }
+    }
+
+    pub fn scopes(&self) -> Scopes<'t> {
+        match self {
+            Found::Mapped(table, r) => Scopes::Mapped(table, r.scopes.iter()),
+            Found::Owned(r) => Scopes::Owned(r.scopes.iter()),
+        }
+    }
+
+    pub fn has_scope(&self, scope: &[u8]) -> bool {
+        self.scopes().any(|s| s.as_bytes() == scope)
+    }
+
+    /// Whether `address` passes the key's allowlist (an empty list allows any address, and a
+    /// missing address passes only an empty list).
+    pub fn address_allowed(&self, address: Option<IpAddr>) -> bool {
+        let mapped = address.map(record::to_mapped);
+        match self {
+            Found::Mapped(_, r) => {
+                r.allow.is_empty()
+                    || mapped.is_some_and(|a| {
+                        r.allow
+                            .iter()
+                            .any(|range| record::contains(&range.network, range.prefix_len, &a))
+                    })
+            }
+            Found::Owned(r) => {
+                r.allow.is_empty()
+                    || mapped.is_some_and(|a| {
+                        r.allow
+                            .iter()
+                            .any(|range| record::contains(&range.network, range.prefix_len, &a))
+                    })
+            }
+        }
+    }
+}
+
+/// The scope names of a found record.
+pub enum Scopes<'t> {
+    Mapped(&'t Snapshot, std::slice::Iter<'t, rkyv::rend::u32_le>),
+    Owned(std::slice::Iter<'t, String>),
+}
+
+impl<'t> Iterator for Scopes<'t> {
+    type Item = &'t str;
+
+    fn next(&mut self) -> Option<&'t str> {
+        match self {
+            Scopes::Mapped(table, indices) => {
+                indices.next().map(|i| table.scope_name(i.to_native()))
+            }
+            Scopes::Owned(names) => names.next().map(String::as_str),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Scopes::Mapped(_, indices) => indices.size_hint(),
+            Scopes::Owned(names) => names.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for Scopes<'_> {}
+
+/// The table a verify reads: the overlay first, then the mapped snapshot.
+#[derive(Clone, Copy)]
+pub struct TableView<'t> {
+    pub snapshot: &'t Snapshot,
+    pub overlay: &'t Overlay,
+}
+
+impl<'t> TableView<'t> {
+    #[inline]
+    pub fn find(&self, id: KeyId) -> Option<Found<'t>> {
+        if !self.overlay.is_empty() {
+            if let Some(record) = self.overlay.get(id) {
+                return Some(Found::Owned(record));
+            }
+        }
+        self.snapshot
+            .find(id)
+            .map(|r| Found::Mapped(self.snapshot, r))
+    }
+
+    /// Finds an imported key by the fingerprint of its hash. A snapshot record that the overlay
+    /// has replaced (revoked, updated) is returned in its overlay version.
+    #[inline]
+    pub fn find_fingerprint(&self, hash: &SecretHash) -> Option<Found<'t>> {
+        if !self.overlay.is_empty() {
+            if let Some(id) = self.overlay.fingerprints.get(&fingerprint(hash)) {
+                if let Some(record) = self.overlay.get(*id) {
+                    return Some(Found::Owned(record));
+                }
+            }
+        }
+        let record = self.snapshot.find_fingerprint(hash)?;
+        let id = KeyId(record.id.to_native());
+        match self.overlay.get(id) {
+            Some(newer) if !self.overlay.is_empty() => Some(Found::Owned(newer)),
+            _ => Some(Found::Mapped(self.snapshot, record)),
+        }
+    }
+}
