@@ -39,6 +39,7 @@ pub fn generated_data_dir(path: &Path, count: usize) -> Vec<ExpectedKey> {
 pub struct Server {
     pub child: Child,
     pub address: SocketAddr,
+    pub control: SocketAddr,
     pub stdout: BufReader<ChildStdout>,
     pub data_dir: PathBuf,
 }
@@ -79,6 +80,7 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut line = String::new();
+        let mut verify = None;
         loop {
             line.clear();
             let read = stdout.read_line(&mut line).unwrap();
@@ -93,11 +95,24 @@ impl Server {
                 let status = child.wait().unwrap();
                 panic!("keyward exited ({status}) before listening: {stderr}");
             }
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let address = rest.split_whitespace().next().unwrap().parse().unwrap();
+            let address_after = |marker: &str| {
+                line.split(marker).nth(1).map(|rest| {
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap()
+                })
+            };
+            if let Some(found) = address_after("verify port listening on ") {
+                verify = Some(found);
+            }
+            if let Some(control) = address_after("control port listening on ") {
+                let address = verify.expect("the verify port line comes first");
                 return Server {
                     child,
                     address,
+                    control,
                     stdout,
                     data_dir: data_dir.to_path_buf(),
                 };
@@ -125,6 +140,20 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// An admin client holding this server's token.
+    pub fn admin(&self) -> keyward::admin::AdminClient {
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap();
+        keyward::admin::AdminClient::connect(self.control, token.trim()).unwrap()
+    }
+
+    /// Kills the server with SIGKILL (no shutdown at all) and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }
 
