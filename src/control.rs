@@ -221,51 +221,56 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         started: Instant::now(),
     });
 
-    let mut senders = Vec::with_capacity(to_shards.len());
-    for sender in to_shards {
-        senders.push(sender.connect().await);
-    }
-    let mut receivers = Vec::with_capacity(from_shards.len());
-    for receiver in from_shards {
-        receivers.push(receiver.connect().await);
-    }
-    glommio::spawn_local(committer(control.clone(), wakeups, senders, receivers)).detach();
-
-    let accepting = async {
-        loop {
-            match listener.accept().await {
-                Ok(stream) if control.connections.get() < CONTROL_CONNECTIONS_MAX => {
-                    control.connections.set(control.connections.get() + 1);
-                    let control = control.clone();
-                    glommio::spawn_local(async move {
-                        let _ = connection(stream, &control).await;
-                        control.connections.set(control.connections.get() - 1);
-                    })
-                    .detach();
-                }
-                Ok(mut stream) => {
-                    let mut out = Vec::new();
-                    protocol::put_error_frame(
-                        &mut out,
-                        0,
-                        ErrorCode::Busy,
-                        "too many control connections",
-                    );
-                    let _ = stream.write_all(&out).await;
-                }
-                Err(error) => {
-                    eprintln!("keyward: control accept failed: {error}; backing off");
-                    glommio::timer::sleep(Duration::from_millis(20)).await;
-                }
-            }
+    // Everything from here on races the shutdown flag: the shards may stop before the channels
+    // to them are even connected.
+    let running = async {
+        let mut senders = Vec::with_capacity(to_shards.len());
+        for sender in to_shards {
+            senders.push(sender.connect().await);
         }
+        let mut receivers = Vec::with_capacity(from_shards.len());
+        for receiver in from_shards {
+            receivers.push(receiver.connect().await);
+        }
+        glommio::spawn_local(committer(control.clone(), wakeups, senders, receivers)).detach();
+        accept_loop(&listener, &control).await;
     };
     let stopping = async {
         while !shutdown.is_triggered() {
             glommio::timer::sleep(SHUTDOWN_POLL).await;
         }
     };
-    futures_lite::future::or(accepting, stopping).await;
+    futures_lite::future::or(running, stopping).await;
+}
+
+async fn accept_loop(listener: &TcpListener, control: &Rc<Control>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) if control.connections.get() < CONTROL_CONNECTIONS_MAX => {
+                control.connections.set(control.connections.get() + 1);
+                let control = control.clone();
+                glommio::spawn_local(async move {
+                    let _ = connection(stream, &control).await;
+                    control.connections.set(control.connections.get() - 1);
+                })
+                .detach();
+            }
+            Ok(mut stream) => {
+                let mut out = Vec::new();
+                protocol::put_error_frame(
+                    &mut out,
+                    0,
+                    ErrorCode::Busy,
+                    "too many control connections",
+                );
+                let _ = stream.write_all(&out).await;
+            }
+            Err(error) => {
+                eprintln!("keyward: control accept failed: {error}; backing off");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 /// The group-commit loop: one write and one fsync per round, then fan-out, then acknowledgements.

@@ -125,13 +125,25 @@ impl Server {
         }
     }
 
-    /// Sends SIGTERM and returns the exit status and the rest of stdout.
+    /// Sends SIGTERM and returns the exit status and the rest of stdout. A server that has not
+    /// stopped within 30 s is killed and the test fails (so a shutdown bug cannot hang CI).
     pub fn stop(mut self) -> (ExitStatus, String) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("keyward did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let mut rest = String::new();
         self.stdout.read_to_string(&mut rest).unwrap();
-        let status = self.child.wait().unwrap();
         (status, rest)
     }
 }
