@@ -198,7 +198,8 @@ pub fn run(
     let control_shutdown = shutdown.clone();
     let control_handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("keyward-control")
-        .spin_before_park(Duration::from_micros(config.spin_before_park_us))
+        // No spinning: the control plane shares CPUs with the shards, and a spinning control
+        // thread would take their time for a latency no admin call needs.
         .io_memory(config.io_memory_bytes)
         .spawn(move || control::serve(control_settings, control_start, control_shutdown))
         .map_err(|e| ServerError::Executor {

@@ -18,6 +18,8 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 
 use keyward::keyset::{self, ExpectedKey};
+
+mod control;
 use keyward::protocol::{self, opcode, Status, VerifyRequest};
 
 #[derive(Parser, Debug)]
@@ -57,6 +59,22 @@ struct Args {
     /// Warm-up in seconds, run but not counted.
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     warmup: f64,
+    /// Control port, for --op issue, revoke and import.
+    #[arg(long, default_value = "127.0.0.1:7501", value_name = "ADDR")]
+    control: SocketAddr,
+    /// Admin token file, for the control operations.
+    #[arg(
+        long,
+        default_value = "./keyward-data/admin.token",
+        value_name = "FILE"
+    )]
+    token_file: PathBuf,
+    /// Control operations: how many (for import: how many keys).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    requests: usize,
+    /// Control operations: each client waits this long before each request (light steady load).
+    #[arg(long, value_name = "MS")]
+    pace_ms: Option<u64>,
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
@@ -69,6 +87,12 @@ struct Args {
 enum Op {
     Verify,
     Ping,
+    /// Control port: ISSUE with --connections concurrent clients.
+    Issue,
+    /// Control port: REVOKE (keys are issued first, unmeasured).
+    Revoke,
+    /// Control port: IMPORT --requests keys in batches of --batch (default 1000).
+    Import,
 }
 
 impl Op {
@@ -76,6 +100,9 @@ impl Op {
         match self {
             Op::Verify => "verify",
             Op::Ping => "ping",
+            Op::Issue => "issue",
+            Op::Revoke => "revoke",
+            Op::Import => "import",
         }
     }
 }
@@ -115,8 +142,8 @@ fn validate(args: &Args) -> Result<(), String> {
         "--batch must be 0 to 256",
     )?;
     check(
-        args.batch == 0 || args.op == Op::Verify,
-        "--batch applies to --op verify only",
+        args.batch == 0 || matches!(args.op, Op::Verify | Op::Import),
+        "--batch applies to --op verify and import only",
     )?;
     check(
         (1..=THREADS_MAX).contains(&args.threads),
@@ -135,7 +162,7 @@ fn validate(args: &Args) -> Result<(), String> {
         "--warmup must be 0 to a day",
     )?;
     check(
-        args.keys.is_some() || args.op == Op::Ping,
+        args.keys.is_some() || args.op != Op::Verify,
         "--keys FILE is required with --op verify (write one with `keyward-ctl keys generate`)",
     )?;
     Ok(())
@@ -208,6 +235,9 @@ struct Live {
 
 fn run(args: Args) -> Result<bool, String> {
     validate(&args)?;
+    if matches!(args.op, Op::Issue | Op::Revoke | Op::Import) {
+        return control::run(&args);
+    }
     let keys = match (&args.keys, args.op) {
         (Some(path), Op::Verify) => {
             let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
