@@ -35,8 +35,10 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// Memory each shard registers with io_uring for its buffers.
     pub io_memory_bytes: usize,
-    /// Compact (write a new snapshot, shorten the log) once the log holds this many deltas.
-    pub compact_deltas_max: u64,
+    /// Compact (write a new snapshot, shorten the log) once this many key records have changed
+    /// since the snapshot. It also bounds each shard's overlay, which is allocated for this many
+    /// records at start-up so applying changes never rehashes a large table on a verify core.
+    pub compact_changes_max: u64,
     /// Compact once the log holds this many bytes.
     pub compact_log_bytes_max: u64,
     /// Prefix of secret keys.
@@ -65,7 +67,7 @@ impl Default for ServerConfig {
             spin_before_park_us: 200,
             listen_backlog: 1024,
             io_memory_bytes: 256 * 1024,
-            compact_deltas_max: 100_000,
+            compact_changes_max: 100_000,
             compact_log_bytes_max: 256 * 1024 * 1024,
             prefix: "kw".to_string(),
             public_prefix: "kwpub".to_string(),
@@ -151,7 +153,12 @@ impl ServerConfig {
             IO_MEMORY_BYTES_MIN,
             1 << 30,
         )?;
-        range("compact_deltas_max", self.compact_deltas_max, 1, u64::MAX)?;
+        range(
+            "compact_changes_max",
+            self.compact_changes_max,
+            1,
+            100_000_000,
+        )?;
         range(
             "compact_log_bytes_max",
             self.compact_log_bytes_max,

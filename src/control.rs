@@ -65,7 +65,7 @@ pub struct ControlSettings {
     pub prefixes: Prefixes,
     pub master_secret: [u8; 32],
     pub snapshot_path: PathBuf,
-    pub compact_deltas_max: u64,
+    pub compact_changes_max: u64,
     pub compact_log_bytes_max: u64,
 }
 
@@ -74,7 +74,7 @@ pub struct ControlStart {
     pub listener_fd: RawFd,
     pub snapshot: Arc<Snapshot>,
     pub log: DeltaLog,
-    pub replayed: Arc<Vec<Delta>>,
+    pub replayed: Arc<Vec<Arc<Delta>>>,
     pub to_shards: Vec<SharedSender<ShardMessage>>,
     pub from_shards: Vec<SharedReceiver<u64>>,
 }
@@ -108,6 +108,8 @@ impl View {
 struct Durable {
     snapshot: Arc<Snapshot>,
     committed: Vec<(Arc<Delta>, Vec<u8>)>,
+    /// Key records carried by `committed`: what the overlays hold beyond the snapshot.
+    changes: u64,
     log: Option<DeltaLog>,
     applied: u64,
     log_bytes: u64,
@@ -193,7 +195,7 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
                 idempotency.insert(record.idempotency_key.clone(), record.id);
             }
         }
-        committed.push((Arc::new(delta.clone()), delta::encode(delta)));
+        committed.push((delta.clone(), delta::encode(delta)));
     }
     let assigned = overlay.sequence();
     let (wake, wakeups) = local_channel::new_unbounded();
@@ -207,6 +209,7 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
             idempotency,
         }),
         durable: RefCell::new(Durable {
+            changes: replayed.iter().map(|d| d.records.len() as u64).sum(),
             snapshot,
             committed,
             log_bytes: log.bytes(),
@@ -323,11 +326,10 @@ async fn committer(
                         encoded,
                         done,
                     } => {
-                        control
-                            .durable
-                            .borrow_mut()
-                            .committed
-                            .push((delta.clone(), encoded));
+                        let mut durable = control.durable.borrow_mut();
+                        durable.changes += delta.records.len() as u64;
+                        durable.committed.push((delta.clone(), encoded));
+                        drop(durable);
                         waiting.push(done);
                         ShardMessage::Apply(delta)
                     }
@@ -397,6 +399,11 @@ async fn switch_snapshot(control: &Control, snapshot: &Arc<Snapshot>) {
         durable
             .committed
             .retain(|(delta, _)| delta.sequence > included);
+        durable.changes = durable
+            .committed
+            .iter()
+            .map(|(d, _)| d.records.len() as u64)
+            .sum();
         durable.snapshot = snapshot.clone();
         let keep: Vec<Vec<u8>> = durable
             .committed
@@ -430,11 +437,11 @@ fn maybe_compact(control: &Rc<Control>) {
     if control.compacting.get() {
         return;
     }
-    let (deltas, bytes) = {
+    let (changes, bytes) = {
         let durable = control.durable.borrow();
-        (durable.committed.len() as u64, durable.log_bytes)
+        (durable.changes, durable.log_bytes)
     };
-    if deltas >= control.settings.compact_deltas_max
+    if changes >= control.settings.compact_changes_max
         || bytes >= control.settings.compact_log_bytes_max
     {
         let control = control.clone();
@@ -653,12 +660,12 @@ fn assign(
     records: Vec<KeyRecord>,
 ) -> (Arc<Delta>, Vec<u8>) {
     view.assigned += 1;
-    let delta = Delta {
+    let delta = Arc::new(Delta {
         sequence: view.assigned,
         kind,
         note,
         records,
-    };
+    });
     view.overlay.apply(&delta);
     for record in &delta.records {
         view.next_id = view.next_id.max(record.id.0 + 1);
@@ -668,7 +675,7 @@ fn assign(
         }
     }
     let encoded = delta::encode(&delta);
-    (Arc::new(delta), encoded)
+    (delta, encoded)
 }
 
 async fn commit(control: &Control, delta: Arc<Delta>, encoded: Vec<u8>) {
@@ -1079,6 +1086,7 @@ fn stats(control: &Control) -> Value {
         "overlay_records": view.overlay.len(),
         "log_bytes": durable.log_bytes,
         "log_deltas": durable.committed.len(),
+        "log_changes": durable.changes,
         "compacting": control.compacting.get(),
         "compactions": control.compactions.get(),
         "uptime_seconds": control.started.elapsed().as_secs(),

@@ -63,9 +63,9 @@ struct ServeArgs {
     /// Memory each shard registers with io_uring, in bytes [default: 262144]
     #[arg(long, value_name = "BYTES")]
     io_memory_bytes: Option<usize>,
-    /// Compact once the delta log holds this many changes [default: 100000]
+    /// Compact once this many key records changed since the snapshot [default: 100000]
     #[arg(long, value_name = "N")]
-    compact_deltas_max: Option<u64>,
+    compact_changes_max: Option<u64>,
     /// Compact once the delta log holds this many bytes [default: 268435456]
     #[arg(long, value_name = "BYTES")]
     compact_log_bytes_max: Option<u64>,
@@ -98,7 +98,7 @@ impl ServeArgs {
             spin_before_park_us,
             listen_backlog,
             io_memory_bytes,
-            compact_deltas_max,
+            compact_changes_max,
             compact_log_bytes_max,
             prefix,
             public_prefix

@@ -7,16 +7,19 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::credential::{fingerprint, KeyId, SecretHash};
 use crate::delta::Delta;
 use crate::record::{self, KeyKind, KeyRecord, KeyStatus};
 use crate::snapshot::{ArchivedStoredRecord, Snapshot};
 
-/// Records changed since the snapshot, each with the sequence of the delta that last set it.
+/// Records changed since the snapshot. Each entry points into the delta that last set it (the
+/// deltas are shared by every shard, so a record exists once in memory however many shards
+/// there are); the delta's sequence says when the entry may be dropped.
 #[derive(Default, Debug)]
 pub struct Overlay {
-    records: HashMap<KeyId, (u64, KeyRecord)>,
+    records: HashMap<KeyId, (Arc<Delta>, u32)>,
     /// Imported-key fingerprint → id, for imported records added after the snapshot.
     fingerprints: HashMap<u64, KeyId>,
     sequence: u64,
@@ -27,6 +30,16 @@ impl Overlay {
         Overlay {
             sequence,
             ..Overlay::default()
+        }
+    }
+
+    /// An overlay with room for `records` changed records, so applying that many never grows
+    /// (and rehashes) its tables.
+    pub fn with_capacity(sequence: u64, records: usize) -> Overlay {
+        Overlay {
+            records: HashMap::with_capacity(records),
+            fingerprints: HashMap::with_capacity(records / 8),
+            sequence,
         }
     }
 
@@ -44,7 +57,7 @@ impl Overlay {
     }
 
     /// Applies a delta. Deltas at or below the applied sequence are ignored (replays are safe).
-    pub fn apply(&mut self, delta: &Delta) {
+    pub fn apply(&mut self, delta: &Arc<Delta>) {
         if delta.sequence <= self.sequence {
             return;
         }
@@ -53,13 +66,13 @@ impl Overlay {
             self.sequence + 1,
             "deltas applied out of order"
         );
-        for record in &delta.records {
+        for (index, record) in delta.records.iter().enumerate() {
             if record.kind == KeyKind::Imported {
                 self.fingerprints
                     .insert(fingerprint(&record.hash), record.id);
             }
             self.records
-                .insert(record.id, (delta.sequence, record.clone()));
+                .insert(record.id, (delta.clone(), index as u32));
         }
         self.sequence = delta.sequence;
     }
@@ -67,19 +80,24 @@ impl Overlay {
     /// After switching to a snapshot that includes every delta up to `sequence`: drops the
     /// entries that snapshot now holds.
     pub fn drop_through(&mut self, sequence: u64) {
-        self.records.retain(|_, (set_at, _)| *set_at > sequence);
+        self.records
+            .retain(|_, (delta, _)| delta.sequence > sequence);
         let records = &self.records;
         self.fingerprints.retain(|_, id| records.contains_key(id));
         self.sequence = self.sequence.max(sequence);
     }
 
     pub fn get(&self, id: KeyId) -> Option<&KeyRecord> {
-        self.records.get(&id).map(|(_, record)| record)
+        self.records
+            .get(&id)
+            .map(|(delta, index)| &delta.records[*index as usize])
     }
 
     /// Every overlay record, in no particular order.
     pub fn records(&self) -> impl Iterator<Item = &KeyRecord> {
-        self.records.values().map(|(_, record)| record)
+        self.records
+            .values()
+            .map(|(delta, index)| &delta.records[*index as usize])
     }
 }
 

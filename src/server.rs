@@ -12,7 +12,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::{ConfigError, ServerConfig};
 use crate::control::{self, ControlSettings, ControlStart};
 use crate::datadir::{DataDir, DataDirError};
-use crate::delta::{self, DeltaLog, LogError};
+use crate::delta::{self, Delta, DeltaLog, LogError};
 use crate::shard::{self, ShardLink, ShardReport, ShardSettings, ShardStart};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::verify::Verifier;
@@ -101,7 +101,8 @@ pub fn run(
             log_path.display()
         );
     }
-    let replayed = Arc::new(replay.deltas);
+    let replayed: Arc<Vec<Arc<Delta>>> =
+        Arc::new(replay.deltas.into_iter().map(Arc::new).collect());
     let verifier = Arc::new(Verifier::new(
         data_dir.pepper(),
         config.prefixes().map_err(ConfigError::from)?,
@@ -140,6 +141,8 @@ pub fn run(
     }
 
     let settings = ShardSettings {
+        // Changes keep arriving while a compaction runs: room for twice the bound.
+        overlay_records: (config.compact_changes_max as usize).saturating_mul(2),
         connections_max: config.connections_per_shard_max,
         frame_body_bytes_max: config.frame_body_bytes_max,
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
@@ -184,7 +187,7 @@ pub fn run(
         prefixes: verifier.prefixes().clone(),
         master_secret: *data_dir.master_secret(),
         snapshot_path: data_dir.snapshot_path(),
-        compact_deltas_max: config.compact_deltas_max,
+        compact_changes_max: config.compact_changes_max,
         compact_log_bytes_max: config.compact_log_bytes_max,
     };
     let control_start = ControlStart {

@@ -40,6 +40,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// Per-shard bounds, from the config.
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
+    /// Records the overlay is sized for at start-up (the compaction bound, plus headroom).
+    pub overlay_records: usize,
     pub connections_max: usize,
     pub frame_body_bytes_max: usize,
     pub idle_timeout: Duration,
@@ -76,7 +78,7 @@ pub struct ShardStart {
     pub listener_fd: RawFd,
     pub snapshot: Arc<Snapshot>,
     /// Deltas logged after the snapshot, replayed into the overlay before serving.
-    pub replayed: Arc<Vec<Delta>>,
+    pub replayed: Arc<Vec<Arc<Delta>>>,
     pub link: ShardLink,
 }
 
@@ -109,7 +111,7 @@ pub async fn serve(
     // SAFETY: the descriptor is a bound, listening, non-blocking TCP socket handed over by
     // server::run, owned by this shard alone from now on.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
-    let mut overlay = Overlay::new(snapshot.header().sequence);
+    let mut overlay = Overlay::with_capacity(snapshot.header().sequence, settings.overlay_records);
     for delta in replayed.iter() {
         overlay.apply(delta);
     }

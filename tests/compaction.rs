@@ -18,7 +18,7 @@ use keyward::protocol::{Status, VerifyRequest};
 fn verify_answers_stay_right_through_compactions() {
     let directory = tempfile::tempdir().unwrap();
     let keys = Arc::new(common::generated_data_dir(directory.path(), 3000));
-    let server = common::Server::start(directory.path(), &["--compact-deltas-max", "25"]);
+    let server = common::Server::start(directory.path(), &["--compact-changes-max", "25"]);
     let stop = Arc::new(AtomicBool::new(false));
     let wrong = Arc::new(AtomicU64::new(0));
     let answered = Arc::new(AtomicU64::new(0));

@@ -133,7 +133,10 @@ pub fn run(args: &Args) -> Result<bool, String> {
     let per_client = args.requests.div_ceil(clients);
     let tag = format!(
         "{:x}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
     );
     match args.op {
         Op::Issue => {

@@ -138,8 +138,8 @@ fn validate(args: &Args) -> Result<(), String> {
         "--depth must be 1 to 4096",
     )?;
     check(
-        args.batch <= protocol::BATCH_ITEMS_MAX,
-        "--batch must be 0 to 256",
+        args.batch <= protocol::BATCH_ITEMS_MAX || (args.op == Op::Import && args.batch <= 1000),
+        "--batch must be 0 to 256 (1 to 1000 with --op import)",
     )?;
     check(
         args.batch == 0 || matches!(args.op, Op::Verify | Op::Import),
