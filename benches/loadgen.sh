@@ -21,10 +21,10 @@ SERVER=
 "$BIN/keyward-ctl" keys generate --data-dir "$DATA/data" --count "$KEYS" --out-keys "$DATA/keys.txt" >/dev/null
 
 start_server() { # $1 = spin_before_park_us
-  "$BIN/keyward" serve --data-dir "$DATA/data" --listen 127.0.0.1:7599 --shards 1 \
+  "$BIN/keyward" serve --data-dir "$DATA/data" --listen 127.0.0.1:7599 --control 127.0.0.1:7598 --shards 1 \
     --cpus "$SERVER_CPU" --spin-before-park-us "$1" >"$OUT/server.log" 2>&1 &
   SERVER=$!
-  for _ in $(seq 100); do grep -q "listening on" "$OUT/server.log" && return; sleep 0.1; done
+  for _ in $(seq 600); do grep -q "control port" "$OUT/server.log" && return; sleep 0.1; done
   echo "server did not start"; cat "$OUT/server.log"; exit 1
 }
 stop_server() { kill "$SERVER"; wait "$SERVER" || true; }

@@ -52,6 +52,8 @@ pub const SHARD_CHANNEL_CAPACITY: usize = 1024;
 const _: () = assert!(COMMIT_ROUND_JOBS_MAX + 1 < SHARD_CHANNEL_CAPACITY);
 /// Open control connections at once.
 pub const CONTROL_CONNECTIONS_MAX: usize = 256;
+/// How often the control plane checks whether a compaction's build has finished.
+const COMPACTION_POLL: Duration = Duration::from_millis(10);
 /// How often the idle control plane looks at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// The exit code when the log cannot be made durable: continuing would acknowledge changes that
@@ -480,22 +482,29 @@ async fn compact(control: &Rc<Control>) -> Outcome {
     };
     let sequence = deltas.last().map_or(base.header().sequence, |d| d.sequence);
     let path = control.settings.snapshot_path.clone();
-    let built = glommio::executor()
-        .spawn_blocking(move || -> Result<Arc<Snapshot>, String> {
-            let mut records: BTreeMap<KeyId, KeyRecord> =
-                base.records().map(|r| (r.id, r)).collect();
-            for delta in &deltas {
-                for record in &delta.records {
-                    records.insert(record.id, record.clone());
-                }
-            }
-            let records: Vec<KeyRecord> = records.into_values().collect();
-            let bytes = snapshot::encode(&records, sequence, UnixSeconds::now())
-                .map_err(|e| e.to_string())?;
-            snapshot::write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
-            Snapshot::open(&path).map_err(|e| e.to_string())
-        })
-        .await;
+    // Its own thread, not the executor's blocking pool: the pool also runs the log's fsyncs,
+    // and a build of several seconds must not hold them up.
+    let slot: Arc<std::sync::Mutex<Option<Built>>> = Arc::default();
+    let filled = slot.clone();
+    let builder = std::thread::Builder::new()
+        .name("keyward-compact".into())
+        .spawn(move || {
+            let built = build_snapshot(&base, &deltas, sequence, &path);
+            *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some(built);
+        });
+    if let Err(error) = builder {
+        control.compacting.set(false);
+        return Err(Refusal(
+            error_code::UNAVAILABLE,
+            format!("cannot start compaction: {error}"),
+        ));
+    }
+    let built = loop {
+        if let Some(built) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            break built;
+        }
+        glommio::timer::sleep(COMPACTION_POLL).await;
+    };
     let result = match built {
         Ok(snapshot) => {
             let records = snapshot.header().record_count;
@@ -516,6 +525,29 @@ async fn compact(control: &Rc<Control>) -> Outcome {
     };
     control.compacting.set(false);
     result
+}
+
+/// A compaction's result, handed from its thread to the control plane.
+type Built = Result<Arc<Snapshot>, String>;
+
+/// Merges the base snapshot with the committed deltas and writes the result atomically.
+fn build_snapshot(
+    base: &Snapshot,
+    deltas: &[Arc<Delta>],
+    sequence: u64,
+    path: &std::path::Path,
+) -> Result<Arc<Snapshot>, String> {
+    let mut records: BTreeMap<KeyId, KeyRecord> = base.records().map(|r| (r.id, r)).collect();
+    for delta in deltas {
+        for record in &delta.records {
+            records.insert(record.id, record.clone());
+        }
+    }
+    let records: Vec<KeyRecord> = records.into_values().collect();
+    let bytes =
+        snapshot::encode(&records, sequence, UnixSeconds::now()).map_err(|e| e.to_string())?;
+    snapshot::write_atomic(path, &bytes).map_err(|e| e.to_string())?;
+    Snapshot::open(path).map_err(|e| e.to_string())
 }
 
 /// Serves one control connection: frames in, one answer per frame out.
