@@ -24,6 +24,8 @@ pub const PEPPER_FILE: &str = "pepper";
 pub const MASTER_FILE: &str = "master.key";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const SECRET_FILE_BYTES: usize = 32;
+/// How long opening a locked data directory waits for the lock before giving up.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -132,8 +134,20 @@ fn lock(directory: &Path) -> Result<File, DataDirError> {
         .mode(0o600)
         .open(&path)
         .map_err(io_error(&path))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    // A lock can outlive its owner by a moment: a process that exits, or a child forked by the
+    // owner just before it let go, holds the open file until it is gone. So wait briefly
+    // before calling the directory busy.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let locked = loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     if !locked {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
