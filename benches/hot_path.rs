@@ -14,6 +14,7 @@ use keyward::snapshot::{self, Snapshot};
 use keyward::verify::{self, Verifier};
 
 const TABLE_KEYS: usize = 1_000_000;
+const MASTER: [u8; 32] = [3; 32];
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -41,7 +42,7 @@ fn fixture() -> Fixture {
     Fixture {
         _dir: dir,
         snapshot,
-        verifier: Verifier::new(&pepper, prefixes),
+        verifier: Verifier::new(&pepper, &MASTER, prefixes, "kwt"),
         keys,
         now,
     }

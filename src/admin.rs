@@ -24,6 +24,7 @@ pub mod opcode {
     pub const LIST: u8 = 0x16;
     pub const STATS: u8 = 0x17;
     pub const COMPACT: u8 = 0x18;
+    pub const DERIVE: u8 = 0x19;
     pub const OK: u8 = 0x90;
     pub const ERROR: u8 = super::verify_opcode::ERROR;
 
@@ -39,6 +40,7 @@ pub mod opcode {
             LIST => "list",
             STATS => "stats",
             COMPACT => "compact",
+            DERIVE => "derive",
             _ => return None,
         })
     }
@@ -153,6 +155,19 @@ pub struct ListRequest {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
+
+/// An admin DERIVE: a token from any key, without its secret.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeriveRequest {
+    pub parent_id: u64,
+    /// 0 or absent: the longest allowed.
+    pub ttl_seconds: Option<u64>,
+    pub scopes: Vec<String>,
+    pub tenant: Option<String>,
+    pub allow: Vec<Cidr>,
+    pub claims: std::collections::BTreeMap<String, String>,
+}
 
 /// A key as the control port shows it: everything but the hash.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -127,6 +127,19 @@ impl Client {
         Ok(results)
     }
 
+    /// Mints a derived token from the parent key in `request.credential` (self-service).
+    pub fn derive(
+        &mut self,
+        request: &protocol::DeriveRequest<'_>,
+    ) -> Result<protocol::DeriveResult, ClientError> {
+        let id = self.request_id();
+        self.output.clear();
+        protocol::put_derive_frame(&mut self.output, id, request);
+        self.stream.write_all(&self.output)?;
+        let body = self.expect(id, opcode::DERIVE_RESULT)?;
+        protocol::parse_derive_result(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// Reads one frame; turns ERROR frames into `ClientError::Server`.
     fn expect(&mut self, request_id: u32, expected: u8) -> Result<Vec<u8>, ClientError> {
         let (header, body) = read_frame(&mut self.stream)?;

@@ -45,6 +45,10 @@ pub struct ServerConfig {
     pub prefix: String,
     /// Prefix of keys marked public.
     pub public_prefix: String,
+    /// Prefix of derived tokens.
+    pub token_prefix: String,
+    /// Longest lifetime a derived token may be given, in seconds.
+    pub token_ttl_max_seconds: u64,
 }
 
 /// Bounds on the bounds.
@@ -71,6 +75,8 @@ impl Default for ServerConfig {
             compact_log_bytes_max: 256 * 1024 * 1024,
             prefix: "kw".to_string(),
             public_prefix: "kwpub".to_string(),
+            token_prefix: "kwt".to_string(),
+            token_ttl_max_seconds: 3600,
         }
     }
 }
@@ -165,7 +171,23 @@ impl ServerConfig {
             4096,
             u64::MAX,
         )?;
+        range(
+            "token_ttl_max_seconds",
+            self.token_ttl_max_seconds,
+            1,
+            366 * 24 * 3600,
+        )?;
         self.prefixes()?;
+        let token_prefix_ok = Prefixes::new(&self.token_prefix, "x0").is_ok()
+            && self.token_prefix != self.prefix
+            && self.token_prefix != self.public_prefix;
+        if !token_prefix_ok {
+            return Err(ConfigError::Range {
+                field: "token_prefix",
+                expected: "2 to 16 lowercase letters or digits, unlike the key prefixes".into(),
+                value: self.token_prefix.clone(),
+            });
+        }
         Ok(())
     }
 

@@ -69,6 +69,8 @@ pub struct ControlSettings {
     pub snapshot_path: PathBuf,
     pub compact_changes_max: u64,
     pub compact_log_bytes_max: u64,
+    pub token_prefix: String,
+    pub token_ttl_max_seconds: u64,
 }
 
 /// What the control plane starts from.
@@ -619,6 +621,7 @@ async fn handle(control: &Rc<Control>, opcode: u8, body: &[u8]) -> Outcome {
         opcode::ROTATE => rotate(control, parse(json)?).await,
         opcode::UPDATE => update(control, parse(json)?).await,
         opcode::INSPECT => inspect(control, parse(json)?),
+        opcode::DERIVE => derive(control, parse(json)?),
         opcode::LIST => list(control, parse(json)?),
         opcode::STATS => {
             let _: admin::Empty = parse(json)?;
@@ -1027,6 +1030,36 @@ async fn update(control: &Rc<Control>, request: UpdateRequest) -> Outcome {
     };
     commit(control, delta, encoded).await;
     Ok(json!({ "key": info }))
+}
+
+fn derive(control: &Control, request: admin::DeriveRequest) -> Outcome {
+    let view = control.view.borrow();
+    let parent = view
+        .find(KeyId(request.parent_id))
+        .ok_or_else(|| Refusal::not_found(format!("no key {}", request.parent_id)))?;
+    let spec = crate::verify::DeriveSpec {
+        ttl_seconds: request.ttl_seconds.unwrap_or(0),
+        scopes: request.scopes,
+        tenant: request.tenant,
+        ranges: request.allow,
+        claims: request.claims.into_iter().collect(),
+    };
+    let settings = &control.settings;
+    match crate::verify::mint(
+        &settings.master_secret,
+        &settings.token_prefix,
+        &crate::overlay::Found::Owned(&parent),
+        &spec,
+        UnixSeconds::now(),
+        settings.token_ttl_max_seconds,
+    ) {
+        protocol::DeriveResult::Minted { token, expires } => {
+            Ok(json!({ "token": token, "expires": expires.0, "parent": KeyInfo::from(&parent) }))
+        }
+        protocol::DeriveResult::Refused { status, message } => {
+            Err(Refusal::invalid(format!("{status}: {message}")))
+        }
+    }
 }
 
 fn inspect(control: &Control, request: InspectRequest) -> Outcome {

@@ -30,4 +30,5 @@ pub mod record;
 pub mod server;
 pub mod shard;
 pub mod snapshot;
+pub mod token;
 pub mod verify;

@@ -69,6 +69,12 @@ struct ServeArgs {
     /// Compact once the delta log holds this many bytes [default: 268435456]
     #[arg(long, value_name = "BYTES")]
     compact_log_bytes_max: Option<u64>,
+    /// Prefix of derived tokens [default: kwt]
+    #[arg(long, value_name = "PREFIX")]
+    token_prefix: Option<String>,
+    /// Longest lifetime a derived token may get, in seconds [default: 3600]
+    #[arg(long, value_name = "SECS")]
+    token_ttl_max_seconds: Option<u64>,
     /// Prefix of secret keys [default: kw]
     #[arg(long, value_name = "PREFIX")]
     prefix: Option<String>,
@@ -101,7 +107,9 @@ impl ServeArgs {
             compact_changes_max,
             compact_log_bytes_max,
             prefix,
-            public_prefix
+            public_prefix,
+            token_prefix,
+            token_ttl_max_seconds
         );
         config.validate()?;
         Ok(config)

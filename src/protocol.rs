@@ -42,9 +42,11 @@ pub mod opcode {
     pub const PING: u8 = 0x01;
     pub const VERIFY: u8 = 0x02;
     pub const VERIFY_BATCH: u8 = 0x03;
+    pub const DERIVE: u8 = 0x04;
     pub const PONG: u8 = 0x81;
     pub const VERIFY_RESULT: u8 = 0x82;
     pub const VERIFY_BATCH_RESULT: u8 = 0x83;
+    pub const DERIVE_RESULT: u8 = 0x84;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -61,10 +63,12 @@ pub enum Status {
     ScopeDenied = 6,
     AddressDenied = 7,
     TenantMismatch = 8,
+    /// A DERIVE asked for more than its parent allows.
+    TooWide = 9,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Valid,
         Status::Malformed,
         Status::Unknown,
@@ -74,6 +78,7 @@ impl Status {
         Status::ScopeDenied,
         Status::AddressDenied,
         Status::TenantMismatch,
+        Status::TooWide,
     ];
 
     pub fn from_u8(value: u8) -> Option<Status> {
@@ -92,6 +97,7 @@ impl Status {
             Status::ScopeDenied => "scope_denied",
             Status::AddressDenied => "address_denied",
             Status::TenantMismatch => "tenant_mismatch",
+            Status::TooWide => "too_wide",
         }
     }
 
@@ -515,6 +521,21 @@ pub fn put_valid<'s>(
     out.push(0); // claim count: keys carry none
 }
 
+/// Appends the claims of a valid answer in place of the final claim count written by
+/// [`put_valid`] (derived tokens carry claims; keys do not).
+pub fn replace_claims<'s>(out: &mut Vec<u8>, claims: &[(&'s str, &'s str)]) {
+    debug_assert_eq!(out.last(), Some(&0));
+    debug_assert!(claims.len() <= usize::from(u8::MAX));
+    out.pop();
+    out.push(claims.len() as u8);
+    for (key, value) in claims {
+        out.push(key.len() as u8);
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+}
+
 /// Appends a result body for `result` (used by tests and tools; the server uses `put_valid`).
 pub fn put_result(out: &mut Vec<u8>, result: &VerifyResult) {
     match &result.grant {
@@ -703,4 +724,170 @@ mod tests {
             Some(BodyError::Truncated)
         );
     }
+}
+
+/// One DERIVE: mint a token from a parent key the caller holds.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DeriveRequest<'a> {
+    /// The parent key's credential: proves the caller holds it.
+    pub credential: &'a [u8],
+    /// Requested lifetime in seconds; 0 means the longest allowed.
+    pub ttl_seconds: u32,
+    /// Scopes for the token; empty means all of the parent's.
+    pub scopes: Vec<&'a [u8]>,
+    /// Tenant the token is limited to (must be the parent's).
+    pub tenant: Option<&'a [u8]>,
+    /// Client-address ranges: 16-byte IPv4-mapped network and prefix length.
+    pub ranges: Vec<([u8; 16], u8)>,
+    /// Opaque claims handed back on every valid verify of the token.
+    pub claims: Vec<(&'a [u8], &'a [u8])>,
+}
+
+/// Most scopes, ranges and claims in one DERIVE.
+pub const DERIVE_ITEMS_MAX: usize = 16;
+
+/// Parses a DERIVE body.
+pub fn parse_derive(body: &[u8]) -> Result<DeriveRequest<'_>, BodyError> {
+    let mut reader = Reader { bytes: body };
+    let credential_bytes = usize::from(reader.u16()?);
+    if credential_bytes > CREDENTIAL_BYTES_MAX {
+        return Err(BodyError::CredentialLength);
+    }
+    let credential = reader.take(credential_bytes)?;
+    let ttl_seconds = u32::from_le_bytes(reader.take(4)?.try_into().unwrap());
+    let count = usize::from(reader.u8()?);
+    if count > DERIVE_ITEMS_MAX {
+        return Err(BodyError::BatchCount);
+    }
+    let mut scopes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let length = usize::from(reader.u8()?);
+        if length == 0 || length > SCOPE_BYTES_MAX {
+            return Err(BodyError::ScopeLength);
+        }
+        scopes.push(reader.take(length)?);
+    }
+    let tenant_bytes = usize::from(reader.u8()?);
+    if tenant_bytes > TENANT_BYTES_MAX {
+        return Err(BodyError::TenantLength);
+    }
+    let tenant = reader.take(tenant_bytes)?;
+    let count = usize::from(reader.u8()?);
+    if count > DERIVE_ITEMS_MAX {
+        return Err(BodyError::BatchCount);
+    }
+    let mut ranges = Vec::with_capacity(count);
+    for _ in 0..count {
+        let network: [u8; 16] = reader.take(16)?.try_into().unwrap();
+        let prefix_len = reader.u8()?;
+        if prefix_len > 128 {
+            return Err(BodyError::AddressFamily);
+        }
+        ranges.push((network, prefix_len));
+    }
+    let count = usize::from(reader.u8()?);
+    if count > DERIVE_ITEMS_MAX {
+        return Err(BodyError::BatchCount);
+    }
+    let mut claims = Vec::with_capacity(count);
+    for _ in 0..count {
+        let key_bytes = usize::from(reader.u8()?);
+        let key = reader.take(key_bytes)?;
+        let value_bytes = usize::from(reader.u8()?);
+        claims.push((key, reader.take(value_bytes)?));
+    }
+    reader.finish()?;
+    Ok(DeriveRequest {
+        credential,
+        ttl_seconds,
+        scopes,
+        tenant: (!tenant.is_empty()).then_some(tenant),
+        ranges,
+        claims,
+    })
+}
+
+/// Appends a whole DERIVE frame. Panics if a field is over its bound (a caller bug).
+pub fn put_derive_frame(out: &mut Vec<u8>, request_id: u32, request: &DeriveRequest<'_>) {
+    assert!(request.credential.len() <= CREDENTIAL_BYTES_MAX);
+    assert!(
+        request.scopes.len() <= DERIVE_ITEMS_MAX
+            && request.ranges.len() <= DERIVE_ITEMS_MAX
+            && request.claims.len() <= DERIVE_ITEMS_MAX
+    );
+    let start = begin_frame(out, opcode::DERIVE, request_id);
+    out.extend_from_slice(&(request.credential.len() as u16).to_le_bytes());
+    out.extend_from_slice(request.credential);
+    out.extend_from_slice(&request.ttl_seconds.to_le_bytes());
+    out.push(request.scopes.len() as u8);
+    for scope in &request.scopes {
+        out.push(scope.len() as u8);
+        out.extend_from_slice(scope);
+    }
+    let tenant = request.tenant.unwrap_or_default();
+    out.push(tenant.len() as u8);
+    out.extend_from_slice(tenant);
+    out.push(request.ranges.len() as u8);
+    for (network, prefix_len) in &request.ranges {
+        out.extend_from_slice(network);
+        out.push(*prefix_len);
+    }
+    out.push(request.claims.len() as u8);
+    for (key, value) in &request.claims {
+        assert!(key.len() <= 255 && value.len() <= 255);
+        out.push(key.len() as u8);
+        out.extend_from_slice(key);
+        out.push(value.len() as u8);
+        out.extend_from_slice(value);
+    }
+    end_frame(out, start);
+}
+
+/// A DERIVE answer: the token and its expiry, or why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeriveResult {
+    Minted { token: String, expires: UnixSeconds },
+    Refused { status: Status, message: String },
+}
+
+pub fn put_derive_result(out: &mut Vec<u8>, result: &DeriveResult) {
+    match result {
+        DeriveResult::Minted { token, expires } => {
+            out.push(Status::Valid as u8);
+            out.extend_from_slice(&(token.len() as u16).to_le_bytes());
+            out.extend_from_slice(token.as_bytes());
+            out.extend_from_slice(&expires.0.to_le_bytes());
+        }
+        DeriveResult::Refused { status, message } => {
+            let mut end = message.len().min(usize::from(u8::MAX));
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push(*status as u8);
+            out.push(end as u8);
+            out.extend_from_slice(&message.as_bytes()[..end]);
+        }
+    }
+}
+
+pub fn parse_derive_result(body: &[u8]) -> Result<DeriveResult, BodyError> {
+    let mut reader = Reader { bytes: body };
+    let code = reader.u8()?;
+    let status = Status::from_u8(code).ok_or(BodyError::Status(code))?;
+    let result = if status == Status::Valid {
+        let length = usize::from(reader.u16()?);
+        let token = reader.text(length)?.to_string();
+        DeriveResult::Minted {
+            token,
+            expires: UnixSeconds(reader.u64()?),
+        }
+    } else {
+        let length = usize::from(reader.u8()?);
+        DeriveResult::Refused {
+            status,
+            message: reader.text(length)?.to_string(),
+        }
+    };
+    reader.finish()?;
+    Ok(result)
 }

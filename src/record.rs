@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{KeyId, SecretHash, Visibility};
 
 /// Seconds since the Unix epoch, UTC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct UnixSeconds(pub u64);
 

@@ -105,7 +105,9 @@ pub fn run(
         Arc::new(replay.deltas.into_iter().map(Arc::new).collect());
     let verifier = Arc::new(Verifier::new(
         data_dir.pepper(),
+        data_dir.master_secret(),
         config.prefixes().map_err(ConfigError::from)?,
+        &config.token_prefix,
     ));
     let cpus = choose_cpus(&config);
 
@@ -141,6 +143,7 @@ pub fn run(
     }
 
     let settings = ShardSettings {
+        token_ttl_max_seconds: config.token_ttl_max_seconds,
         // Changes keep arriving while a compaction runs: room for twice the bound.
         overlay_records: (config.compact_changes_max as usize).saturating_mul(2),
         connections_max: config.connections_per_shard_max,
@@ -189,6 +192,8 @@ pub fn run(
         snapshot_path: data_dir.snapshot_path(),
         compact_changes_max: config.compact_changes_max,
         compact_log_bytes_max: config.compact_log_bytes_max,
+        token_prefix: config.token_prefix.clone(),
+        token_ttl_max_seconds: config.token_ttl_max_seconds,
     };
     let control_start = ControlStart {
         listener_fd: control_listener.into_raw_fd(),

@@ -40,6 +40,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// Per-shard bounds, from the config.
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
+    /// Longest lifetime of a token minted by DERIVE.
+    pub token_ttl_max_seconds: u64,
     /// Records the overlay is sized for at start-up (the compaction bound, plus headroom).
     pub overlay_records: usize,
     pub connections_max: usize,
@@ -292,6 +294,20 @@ fn answer(state: &ShardState, frame: &Frame<'_>, now: UnixSeconds, output: &mut 
                 let verdict = state.verifier.verify(&table, &request, now);
                 count(state, verdict.status);
                 verify::put_verdict(output, &verdict);
+                protocol::end_frame(output, start);
+            }
+            Err(error) => bad_body(state, output, request_id, error),
+        },
+        opcode::DERIVE => match protocol::parse_derive(frame.body) {
+            Ok(request) => {
+                let result = state.verifier.derive(
+                    &table,
+                    &request,
+                    now,
+                    state.settings.token_ttl_max_seconds,
+                );
+                let start = protocol::begin_frame(output, opcode::DERIVE_RESULT, request_id);
+                protocol::put_derive_result(output, &result);
                 protocol::end_frame(output, start);
             }
             Err(error) => bad_body(state, output, request_id, error),

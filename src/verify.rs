@@ -12,6 +12,7 @@ use crate::credential::{self, Hasher, Parsed, Prefixes, SecretHash};
 use crate::overlay::{Found, TableView};
 use crate::protocol::{self, Status, VerifyRequest};
 use crate::record::{self, KeyKind, UnixSeconds};
+use crate::token::Token;
 
 /// Everything a shard needs to decide; immutable and shared.
 #[derive(Clone)]
@@ -19,14 +20,18 @@ pub struct Verifier {
     hasher: Hasher,
     prefixes: Prefixes,
     decoy: SecretHash,
+    master: [u8; 32],
+    token_prefix: String,
 }
 
 /// The decision, with the matched record when the secret matched.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Verdict<'t> {
     pub status: Status,
     /// Present when the secret matched (for every status from `revoked` on, and `valid`).
     pub record: Option<Found<'t>>,
+    /// The derived token, when the credential was one (its caveats shape a valid answer).
+    pub token: Option<Box<Token>>,
 }
 
 impl<'t> Verdict<'t> {
@@ -34,18 +39,26 @@ impl<'t> Verdict<'t> {
         Verdict {
             status,
             record: None,
+            token: None,
         }
     }
 }
 
 impl Verifier {
-    pub fn new(pepper: &[u8; 32], prefixes: Prefixes) -> Verifier {
+    pub fn new(
+        pepper: &[u8; 32],
+        master: &[u8; 32],
+        prefixes: Prefixes,
+        token_prefix: &str,
+    ) -> Verifier {
         let hasher = Hasher::new(pepper);
         let decoy = hasher.imported(b"keyward decoy: compared when no record exists");
         Verifier {
             hasher,
             prefixes,
             decoy,
+            master: *master,
+            token_prefix: token_prefix.to_string(),
         }
     }
 
@@ -75,6 +88,12 @@ impl Verifier {
             }
             Parsed::Malformed(_) => return Verdict::status(Status::Malformed),
             Parsed::Other => {
+                if let Some(parsed) = Token::parse(request.credential, &self.token_prefix) {
+                    return match parsed {
+                        Ok(token) => self.verify_token(table, token, request, now),
+                        Err(_) => Verdict::status(Status::Malformed),
+                    };
+                }
                 let length = request.credential.len();
                 if !(credential::IMPORTED_BYTES_MIN..=credential::IMPORTED_BYTES_MAX)
                     .contains(&length)
@@ -94,7 +113,39 @@ impl Verifier {
         Verdict {
             status: judge(&record, request, now),
             record: Some(record),
+            token: None,
         }
+    }
+
+    /// Verifies a derived token: its MAC chain first (a forged or altered token is `unknown`),
+    /// then its caveats and its parent's current record, intersected.
+    fn verify_token<'t>(
+        &self,
+        table: &TableView<'t>,
+        token: Token,
+        request: &VerifyRequest<'_>,
+        now: UnixSeconds,
+    ) -> Verdict<'t> {
+        if !token.signature_matches(&self.master) {
+            return Verdict::status(Status::Unknown);
+        }
+        let Some(parent) = table.find(token.parent) else {
+            return Verdict::status(Status::Unknown);
+        };
+        let status = judge_token(&parent, &token, request, now);
+        Verdict {
+            status,
+            record: Some(parent),
+            token: Some(Box::new(token)),
+        }
+    }
+
+    pub fn token_prefix(&self) -> &str {
+        &self.token_prefix
+    }
+
+    pub fn master_secret(&self) -> &[u8; 32] {
+        &self.master
     }
 
     /// Constant-time comparison against the record's hash, or against the decoy when there is
@@ -139,16 +190,264 @@ fn judge(record: &Found<'_>, request: &VerifyRequest<'_>, now: UnixSeconds) -> S
     Status::Valid
 }
 
+/// The parent's checks and the token's caveats, intersected, in the same order as for keys.
+fn judge_token(
+    parent: &Found<'_>,
+    token: &Token,
+    request: &VerifyRequest<'_>,
+    now: UnixSeconds,
+) -> Status {
+    if !parent.is_active() {
+        return Status::Revoked;
+    }
+    let limits = token.limits();
+    if effective_expiry(parent, token).is_some_and(|e| now.0 >= e) {
+        return Status::Expired;
+    }
+    if now.0 < parent.not_before().max(limits.not_before.0) {
+        return Status::NotYetValid;
+    }
+    let tenant = parent.tenant();
+    if limits.tenants.iter().any(|t| t.as_str() != tenant) {
+        return Status::TenantMismatch;
+    }
+    if request.tenant.is_some_and(|t| t != tenant.as_bytes()) {
+        return Status::TenantMismatch;
+    }
+    if let Some(scope) = request.scope {
+        if !parent.has_scope(scope) || !limits.allows_scope(scope) {
+            return Status::ScopeDenied;
+        }
+    }
+    if !parent.address_allowed(request.address) || !limits.allows_address(request.address) {
+        return Status::AddressDenied;
+    }
+    Status::Valid
+}
+
+/// The earlier of the token's expiry caveats and the parent's expiry (`None`: never).
+pub fn effective_expiry(parent: &Found<'_>, token: &Token) -> Option<u64> {
+    let parent_expiry = Some(parent.expires()).filter(|&e| e != 0);
+    let token_expiry = token.limits().expires.map(|e| e.0);
+    match (parent_expiry, token_expiry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Appends the VERIFY result body for a verdict.
 pub fn put_verdict(out: &mut Vec<u8>, verdict: &Verdict<'_>) {
-    match (verdict.status, verdict.record) {
-        (Status::Valid, Some(record)) => protocol::put_valid(
+    match (verdict.status, verdict.record, &verdict.token) {
+        (Status::Valid, Some(parent), Some(token)) => {
+            let limits = token.limits();
+            let scopes: Vec<&str> = parent
+                .scopes()
+                .filter(|s| limits.allows_scope(s.as_bytes()))
+                .collect();
+            let expires = effective_expiry(&parent, token).unwrap_or(0);
+            protocol::put_valid(
+                out,
+                parent.id().0,
+                expires,
+                parent.tenant(),
+                scopes.into_iter(),
+            );
+            let claims: Vec<(&str, &str)> = limits
+                .claims
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            protocol::replace_claims(out, &claims);
+        }
+        (Status::Valid, Some(record), None) => protocol::put_valid(
             out,
             record.id().0,
             record.expires(),
             record.tenant(),
             record.scopes(),
         ),
-        (status, _) => protocol::put_status(out, status),
+        (status, _, _) => protocol::put_status(out, status),
+    }
+}
+
+/// What a token is asked to be: the parts of a DERIVE after the parent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeriveSpec {
+    /// 0: the longest allowed (capped by the parent's expiry).
+    pub ttl_seconds: u64,
+    /// Empty: all of the parent's scopes.
+    pub scopes: Vec<String>,
+    pub tenant: Option<String>,
+    pub ranges: Vec<crate::record::Cidr>,
+    pub claims: Vec<(String, String)>,
+}
+
+impl DeriveSpec {
+    /// Converts a wire request (its credential aside). Text fields must be UTF-8.
+    pub fn from_request(request: &protocol::DeriveRequest<'_>) -> Result<DeriveSpec, String> {
+        let text = |bytes: &[u8]| {
+            std::str::from_utf8(bytes)
+                .map(str::to_string)
+                .map_err(|_| "text is not UTF-8".to_string())
+        };
+        Ok(DeriveSpec {
+            ttl_seconds: u64::from(request.ttl_seconds),
+            scopes: request
+                .scopes
+                .iter()
+                .map(|s| text(s))
+                .collect::<Result<_, _>>()?,
+            tenant: request.tenant.map(text).transpose()?,
+            ranges: request
+                .ranges
+                .iter()
+                .map(|(network, prefix_len)| crate::record::Cidr {
+                    network: *network,
+                    prefix_len: *prefix_len,
+                })
+                .collect(),
+            claims: request
+                .claims
+                .iter()
+                .map(|(k, v)| Ok((text(k)?, text(v)?)))
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
+fn refused(status: Status, message: impl Into<String>) -> protocol::DeriveResult {
+    protocol::DeriveResult::Refused {
+        status,
+        message: message.into(),
+    }
+}
+
+/// Mints a token from a parent record that is valid now. A request wider than the parent (or
+/// than `ttl_max_seconds`) is refused with `too_wide`, never silently narrowed.
+pub fn mint(
+    master: &[u8; 32],
+    token_prefix: &str,
+    parent: &Found<'_>,
+    spec: &DeriveSpec,
+    now: UnixSeconds,
+    ttl_max_seconds: u64,
+) -> protocol::DeriveResult {
+    use crate::token::Caveat;
+    if !parent.is_active() {
+        return refused(Status::Revoked, "the parent key is revoked");
+    }
+    let parent_expires = Some(parent.expires()).filter(|&e| e != 0);
+    if parent_expires.is_some_and(|e| now.0 >= e) {
+        return refused(Status::Expired, "the parent key has expired");
+    }
+    if now.0 < parent.not_before() {
+        return refused(Status::NotYetValid, "the parent key is not valid yet");
+    }
+    if spec.ttl_seconds > ttl_max_seconds {
+        return refused(
+            Status::TooWide,
+            format!(
+                "ttl {} s is over the maximum of {ttl_max_seconds} s",
+                spec.ttl_seconds
+            ),
+        );
+    }
+    let ttl = if spec.ttl_seconds == 0 {
+        ttl_max_seconds
+    } else {
+        spec.ttl_seconds
+    };
+    let mut expires = now.0.saturating_add(ttl);
+    if let Some(parent_expires) = parent_expires {
+        if spec.ttl_seconds != 0 && expires > parent_expires {
+            return refused(
+                Status::TooWide,
+                "the requested expiry is later than the parent key's",
+            );
+        }
+        expires = expires.min(parent_expires);
+    }
+    if let Some(scope) = spec.scopes.iter().find(|s| !parent.has_scope(s.as_bytes())) {
+        return refused(
+            Status::TooWide,
+            format!("the parent key does not hold scope {scope:?}"),
+        );
+    }
+    if let Some(tenant) = &spec.tenant {
+        if tenant != parent.tenant() {
+            return refused(
+                Status::TooWide,
+                format!("the parent key is not in tenant {tenant:?}"),
+            );
+        }
+    }
+    let mut caveats = vec![Caveat::Expires(UnixSeconds(expires))];
+    if !spec.scopes.is_empty() {
+        caveats.push(Caveat::Scopes(spec.scopes.clone()));
+    }
+    if let Some(tenant) = &spec.tenant {
+        caveats.push(Caveat::Tenant(tenant.clone()));
+    }
+    caveats.extend(spec.ranges.iter().map(|r| Caveat::Address(*r)));
+    caveats.extend(
+        spec.claims
+            .iter()
+            .map(|(k, v)| Caveat::Claim(k.clone(), v.clone())),
+    );
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("the OS random source failed");
+    let token = match crate::token::Token::mint(master, parent.id(), nonce, caveats) {
+        Ok(token) => token.encode(token_prefix),
+        Err(error) => return refused(Status::TooWide, error.to_string()),
+    };
+    if token.len() > crate::token::TOKEN_TEXT_BYTES_MAX {
+        return refused(
+            Status::TooWide,
+            "the token would be longer than 2048 characters",
+        );
+    }
+    protocol::DeriveResult::Minted {
+        token,
+        expires: UnixSeconds(expires),
+    }
+}
+
+impl Verifier {
+    /// A self-service DERIVE: the caller proves it holds the parent by presenting it.
+    pub fn derive(
+        &self,
+        table: &TableView<'_>,
+        request: &protocol::DeriveRequest<'_>,
+        now: UnixSeconds,
+        ttl_max_seconds: u64,
+    ) -> protocol::DeriveResult {
+        if Token::parse(request.credential, &self.token_prefix).is_some() {
+            return refused(
+                Status::TooWide,
+                "derive from a key, not a token; narrow a token with attenuate",
+            );
+        }
+        let spec = match DeriveSpec::from_request(request) {
+            Ok(spec) => spec,
+            Err(message) => return refused(Status::Malformed, message),
+        };
+        let plain = VerifyRequest {
+            credential: request.credential,
+            ..VerifyRequest::default()
+        };
+        let verdict = self.verify(table, &plain, now);
+        // The parent's address allowlist is not checked here: it binds every verify of the
+        // token instead (the token's caveats are intersected with the parent's record).
+        match (verdict.status, verdict.record) {
+            (Status::Valid | Status::AddressDenied, Some(parent)) => mint(
+                &self.master,
+                &self.token_prefix,
+                &parent,
+                &spec,
+                now,
+                ttl_max_seconds,
+            ),
+            (status, _) => refused(status, format!("the parent key is {status}")),
+        }
     }
 }

@@ -33,7 +33,7 @@ fn connect(args: &AdminArgs) -> Result<AdminClient, Failure> {
     })
 }
 
-fn call(args: &AdminArgs, op: u8, request: &impl serde::Serialize) -> Result<Value, Failure> {
+pub fn call(args: &AdminArgs, op: u8, request: &impl serde::Serialize) -> Result<Value, Failure> {
     connect(args)?
         .call(op, request)
         .map_err(|e| Failure::Error(e.to_string()))

@@ -58,6 +58,9 @@ enum Command {
     Stats(AdminArgs),
     /// Write a new snapshot now and shorten the delta log.
     Compact(AdminArgs),
+    /// Derived capability tokens: derive, attenuate offline, inspect.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 #[derive(Args, Clone)]
@@ -364,10 +367,12 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::List(args) => admin::list(args),
         Command::Stats(args) => admin::stats(args),
         Command::Compact(args) => admin::compact(args),
+        Command::Token(command) => token::run(command),
     }
 }
 
 mod admin;
+mod token;
 
 fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let mut client = Client::connect(&args.server)
