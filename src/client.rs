@@ -140,6 +140,32 @@ impl Client {
         protocol::parse_derive_result(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// Revokes the key whose credential this is (self-service: holding it is the proof).
+    /// Returns `Revoked` when the key is revoked (now or before), durably and on every shard;
+    /// `Unknown` or `Malformed` when the credential is not a key.
+    pub fn revoke_self(&mut self, credential: &[u8]) -> Result<protocol::Status, ClientError> {
+        let id = self.request_id();
+        self.output.clear();
+        let start = protocol::begin_frame(&mut self.output, opcode::REVOKE_SELF, id);
+        protocol::put_verify(
+            &mut self.output,
+            &VerifyRequest {
+                credential,
+                ..Default::default()
+            },
+        );
+        protocol::end_frame(&mut self.output, start);
+        self.stream.write_all(&self.output)?;
+        let body = self.expect(id, opcode::REVOKE_SELF_RESULT)?;
+        match body.as_slice() {
+            [code] => protocol::Status::from_u8(*code)
+                .ok_or_else(|| ClientError::Protocol(format!("unknown status {code}"))),
+            _ => Err(ClientError::Protocol(
+                "REVOKE_SELF_RESULT body is not one byte".into(),
+            )),
+        }
+    }
+
     /// Reads one frame; turns ERROR frames into `ClientError::Server`.
     fn expect(&mut self, request_id: u32, expected: u8) -> Result<Vec<u8>, ClientError> {
         let (header, body) = read_frame(&mut self.stream)?;

@@ -73,6 +73,12 @@ pub struct ControlSettings {
     pub token_ttl_max_seconds: u64,
 }
 
+/// One shard's self-service revocation channels, seen from the control plane.
+pub type SelfServiceChannels = (
+    SharedReceiver<crate::shard::RevocationRequest>,
+    SharedSender<crate::shard::RevocationAnswer>,
+);
+
 /// What the control plane starts from.
 pub struct ControlStart {
     pub listener_fd: RawFd,
@@ -81,6 +87,8 @@ pub struct ControlStart {
     pub replayed: Arc<Vec<Arc<Delta>>>,
     pub to_shards: Vec<SharedSender<ShardMessage>>,
     pub from_shards: Vec<SharedReceiver<u64>>,
+    /// Per shard: self-service revocations in (ticket, key id), answers out (ticket, done).
+    pub self_service: Vec<SelfServiceChannels>,
 }
 
 /// The view requests are checked against: the snapshot plus every delta assigned so far.
@@ -169,6 +177,7 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         replayed,
         to_shards,
         from_shards,
+        self_service,
     } = start;
     // SAFETY: a bound, listening, non-blocking socket handed over by server::run.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
@@ -240,6 +249,11 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
             receivers.push(receiver.connect().await);
         }
         glommio::spawn_local(committer(control.clone(), wakeups, senders, receivers)).detach();
+        for (requests, answers) in self_service {
+            let requests = requests.connect().await;
+            let answers = answers.connect().await;
+            glommio::spawn_local(serve_self_service(control.clone(), requests, answers)).detach();
+        }
         accept_loop(&listener, &control).await;
     };
     let stopping = async {
@@ -248,6 +262,26 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         }
     };
     futures_lite::future::or(running, stopping).await;
+}
+
+/// Revocations asked for on the verify port by the key's holder (its secret was checked by the
+/// shard): carried out like an admin's REVOKE, answered once durable and applied everywhere.
+async fn serve_self_service(
+    control: Rc<Control>,
+    requests: ConnectedReceiver<(u64, KeyId)>,
+    answers: ConnectedSender<(u64, bool)>,
+) {
+    while let Some((ticket, id)) = requests.recv().await {
+        let request = RevokeRequest {
+            id: Some(id.0),
+            credential: None,
+            reason: "self-service".into(),
+        };
+        let done = revoke(&control, request).await.is_ok();
+        if answers.send((ticket, done)).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn accept_loop(listener: &TcpListener, control: &Rc<Control>) {

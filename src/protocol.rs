@@ -43,10 +43,12 @@ pub mod opcode {
     pub const VERIFY: u8 = 0x02;
     pub const VERIFY_BATCH: u8 = 0x03;
     pub const DERIVE: u8 = 0x04;
+    pub const REVOKE_SELF: u8 = 0x05;
     pub const PONG: u8 = 0x81;
     pub const VERIFY_RESULT: u8 = 0x82;
     pub const VERIFY_BATCH_RESULT: u8 = 0x83;
     pub const DERIVE_RESULT: u8 = 0x84;
+    pub const REVOKE_SELF_RESULT: u8 = 0x85;
     pub const ERROR: u8 = 0xFF;
 }
 

@@ -132,12 +132,23 @@ pub fn run(
     let mut links = Vec::with_capacity(cpus.len());
     let mut to_shards = Vec::with_capacity(cpus.len());
     let mut from_shards = Vec::with_capacity(cpus.len());
+    let mut self_service = Vec::with_capacity(cpus.len());
     for _ in &cpus {
         let (sender, inbox) =
             glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
         let (acks, receiver) =
             glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
-        links.push(ShardLink { inbox, acks });
+        let (revocations, revocation_requests) =
+            glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
+        let (revocation_answers, revoked) =
+            glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
+        links.push(ShardLink {
+            inbox,
+            acks,
+            revocations,
+            revoked,
+        });
+        self_service.push((revocation_requests, revocation_answers));
         to_shards.push(sender);
         from_shards.push(receiver);
     }
@@ -202,6 +213,7 @@ pub fn run(
         replayed: replayed.clone(),
         to_shards,
         from_shards,
+        self_service,
     };
     let control_shutdown = shutdown.clone();
     let control_handle = LocalExecutorBuilder::new(Placement::Unbound)

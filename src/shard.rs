@@ -14,7 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use std::collections::HashMap;
+
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
+
+use crate::credential::KeyId;
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::delta::Delta;
@@ -71,6 +76,23 @@ pub enum ShardMessage {
 pub struct ShardLink {
     pub inbox: SharedReceiver<ShardMessage>,
     pub acks: SharedSender<u64>,
+    /// Self-service revocations, forwarded to the control plane: (ticket, key id).
+    pub revocations: SharedSender<(u64, KeyId)>,
+    /// The control plane's answers: (ticket, done).
+    pub revoked: SharedReceiver<(u64, bool)>,
+}
+
+/// A self-service revocation forwarded to the control plane: (ticket, key id).
+pub type RevocationRequest = (u64, KeyId);
+/// The control plane's answer: (ticket, done).
+pub type RevocationAnswer = (u64, bool);
+
+/// Self-service revocations waiting for the control plane, by ticket.
+#[derive(Default)]
+struct Revocations {
+    sender: RefCell<Option<Rc<ConnectedSender<RevocationRequest>>>>,
+    waiting: RefCell<HashMap<u64, LocalSender<bool>>>,
+    next_ticket: Cell<u64>,
 }
 
 /// What one shard starts from.
@@ -94,6 +116,7 @@ struct ShardState {
     connections_refused: Cell<u64>,
     by_status: [Cell<u64>; Status::ALL.len()],
     errors_sent: Cell<u64>,
+    revocations: Revocations,
 }
 
 /// The shard's main future: accept until shutdown, then return the counters.
@@ -127,6 +150,7 @@ pub async fn serve(
         connections_refused: Cell::new(0),
         by_status: Default::default(),
         errors_sent: Cell::new(0),
+        revocations: Revocations::default(),
     });
     // Deltas get their own task queue with a latency bound, so a shard busy with verify traffic
     // still applies a revocation within about APPLY_LATENCY instead of after every queued
@@ -158,8 +182,26 @@ pub async fn serve(
 /// Applies what the control plane sends, in order, on this core, and reports the sequence
 /// applied after each message. Runs until the control plane hangs up.
 async fn apply_loop(link: ShardLink, state: Rc<ShardState>) {
-    let inbox = link.inbox.connect().await;
-    let acks = link.acks.connect().await;
+    let ShardLink {
+        inbox,
+        acks,
+        revocations,
+        revoked,
+    } = link;
+    let inbox = inbox.connect().await;
+    let acks = acks.connect().await;
+    let sender = Rc::new(revocations.connect().await);
+    *state.revocations.sender.borrow_mut() = Some(sender);
+    let answers = revoked.connect().await;
+    let answering = state.clone();
+    glommio::spawn_local(async move {
+        while let Some((ticket, done)) = answers.recv().await {
+            if let Some(waiter) = answering.revocations.waiting.borrow_mut().remove(&ticket) {
+                let _ = waiter.try_send(done);
+            }
+        }
+    })
+    .detach();
     while let Some(message) = inbox.recv().await {
         match message {
             ShardMessage::Apply(delta) => state.overlay.borrow_mut().apply(&delta),
@@ -245,6 +287,14 @@ async fn connection(mut stream: TcpStream, state: &ShardState) -> std::io::Resul
                 &input[consumed..filled],
                 state.settings.frame_body_bytes_max,
             ) {
+                Ok(Some(frame)) if frame.header.opcode == opcode::REVOKE_SELF => {
+                    consumed += frame.bytes();
+                    // Answers stay in request order: send what came before, then wait for the
+                    // control plane (durable and applied on every shard) before going on.
+                    stream.write_all(&output).await?;
+                    output.clear();
+                    revoke_self(state, frame.header.request_id, frame.body, now, &mut output).await;
+                }
                 Ok(Some(frame)) => {
                     consumed += frame.bytes();
                     answer(state, &frame, now, &mut output);
@@ -272,6 +322,76 @@ async fn connection(mut stream: TcpStream, state: &ShardState) -> std::io::Resul
             return Ok(());
         }
     }
+}
+
+/// Self-service revocation: whoever presents a key may revoke it. The secret is checked here;
+/// the revocation itself goes through the control plane like an admin's.
+async fn revoke_self(
+    state: &ShardState,
+    request_id: u32,
+    body: &[u8],
+    now: UnixSeconds,
+    output: &mut Vec<u8>,
+) {
+    let request = match protocol::parse_verify(body) {
+        Ok(request) => request,
+        Err(error) => return bad_body(state, output, request_id, error),
+    };
+    let (status, key) = {
+        let snapshot = state.snapshot.borrow();
+        let overlay = state.overlay.borrow();
+        let table = TableView {
+            snapshot: &snapshot,
+            overlay: &overlay,
+        };
+        let plain = protocol::VerifyRequest {
+            credential: request.credential,
+            ..Default::default()
+        };
+        let verdict = state.verifier.verify(&table, &plain, now);
+        if verdict.token.is_some() {
+            let message =
+                "a token cannot be revoked by itself: revoke its parent key, or let it expire";
+            protocol::put_error_frame(output, request_id, ErrorCode::BadBody, message);
+            return;
+        }
+        (verdict.status, verdict.record.map(|r| r.id()))
+    };
+    let status = match (status, key) {
+        (Status::Revoked, Some(_)) => Status::Revoked,
+        (_, Some(id)) => match forward_revocation(state, id).await {
+            true => Status::Revoked,
+            false => {
+                let message = "the control plane is not available; try again";
+                protocol::put_error_frame_code(output, request_id, 11, message);
+                return;
+            }
+        },
+        (status, None) => status,
+    };
+    let start = protocol::begin_frame(output, opcode::REVOKE_SELF_RESULT, request_id);
+    output.push(status as u8);
+    protocol::end_frame(output, start);
+}
+
+/// Sends a revocation to the control plane and waits for it to be durable and applied.
+async fn forward_revocation(state: &ShardState, id: KeyId) -> bool {
+    let Some(sender) = state.revocations.sender.borrow().clone() else {
+        return false;
+    };
+    let ticket = state.revocations.next_ticket.get();
+    state.revocations.next_ticket.set(ticket + 1);
+    let (waiter, done) = local_channel::new_bounded(1);
+    state
+        .revocations
+        .waiting
+        .borrow_mut()
+        .insert(ticket, waiter);
+    if sender.send((ticket, id)).await.is_err() {
+        state.revocations.waiting.borrow_mut().remove(&ticket);
+        return false;
+    }
+    done.recv().await.unwrap_or(false)
 }
 
 /// Appends the answer to one frame.

@@ -317,3 +317,57 @@ fn wider_requests_are_refused_not_narrowed() {
         "{unknown:?}"
     );
 }
+
+#[test]
+fn holders_can_revoke_their_own_key_on_the_verify_port() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = common::Server::start(directory.path(), &[]);
+    let (key, _) = issue(&server, json!({ "tenant": "acme" }));
+    let token = minted(derive(
+        server.address,
+        &DeriveRequest {
+            credential: key.as_bytes(),
+            ..Default::default()
+        },
+    ));
+    let (other, _) = issue(&server, json!({}));
+    let mut client = Client::connect(server.address).unwrap();
+    // A wrong secret for an existing id revokes nothing.
+    let mut wrong = key.clone().into_bytes();
+    wrong[20] = if wrong[20] == b'a' { b'c' } else { b'a' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    assert!(matches!(
+        client.revoke_self(wrong.as_bytes()).unwrap(),
+        Status::Malformed | Status::Unknown
+    ));
+    assert!(matches!(
+        client
+            .revoke_self(b"sk_live_nobody_holds_this_one")
+            .unwrap(),
+        Status::Unknown
+    ));
+    assert!(
+        client.revoke_self(token.as_bytes()).is_err(),
+        "a token revoked itself"
+    );
+    assert_eq!(status(&mut client, &key, None), Status::Valid);
+
+    assert_eq!(client.revoke_self(key.as_bytes()).unwrap(), Status::Revoked);
+    for credential in [&key, &token] {
+        let seen = everywhere(server.address, credential, 32);
+        assert!(seen.iter().all(|s| *s == Status::Revoked), "{seen:?}");
+    }
+    assert_eq!(
+        client.revoke_self(key.as_bytes()).unwrap(),
+        Status::Revoked,
+        "not idempotent"
+    );
+    assert_eq!(status(&mut client, &other, None), Status::Valid);
+
+    // Durable: a SIGKILL right after the answer does not undo it.
+    let data_dir = server.data_dir.clone();
+    server.kill();
+    let server = common::Server::start(&data_dir, &[]);
+    let mut client = Client::connect(server.address).unwrap();
+    assert_eq!(status(&mut client, &key, None), Status::Revoked);
+}

@@ -58,6 +58,14 @@ enum Command {
     Stats(AdminArgs),
     /// Write a new snapshot now and shorten the delta log.
     Compact(AdminArgs),
+    /// Revoke a key you hold, over the verify port (no admin token: the key is the proof).
+    SelfRevoke {
+        /// The key's credential.
+        credential: String,
+        /// Verify port of the server.
+        #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
+        server: String,
+    },
     /// Derived capability tokens: derive, attenuate offline, inspect.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -368,6 +376,7 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Stats(args) => admin::stats(args),
         Command::Compact(args) => admin::compact(args),
         Command::Token(command) => token::run(command),
+        Command::SelfRevoke { credential, server } => self_revoke(&credential, &server),
     }
 }
 
@@ -419,6 +428,21 @@ fn verify(args: VerifyArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::No(String::new()))
+    }
+}
+
+fn self_revoke(credential: &str, server: &str) -> Result<(), Failure> {
+    let mut client = Client::connect(server)
+        .map_err(|e| Failure::Error(format!("cannot reach {server}: {e}")))?;
+    client.set_timeout(Some(std::time::Duration::from_secs(30)))?;
+    match client.revoke_self(credential.as_bytes())? {
+        Status::Revoked => {
+            println!("revoked");
+            Ok(())
+        }
+        other => Err(Failure::No(format!(
+            "not revoked: the credential is {other}"
+        ))),
     }
 }
 
