@@ -11,6 +11,7 @@ use keyward::keyset::{self, ExpectedKey};
 use keyward::protocol::{self, Status, VerifyRequest};
 use keyward::record::UnixSeconds;
 use keyward::snapshot::{self, Snapshot};
+use keyward::token::{Caveat, Token};
 use keyward::verify::{self, Verifier};
 
 const TABLE_KEYS: usize = 1_000_000;
@@ -140,6 +141,52 @@ fn benches(c: &mut Criterion) {
                     ..Default::default()
                 };
                 let verdict = fixture.verifier.verify(&table, &request, fixture.now);
+                output.clear();
+                verify::put_verdict(&mut output, &verdict);
+                black_box(&output);
+            })
+        });
+    }
+    group.finish();
+
+    // Derived tokens of key 1 (valid, three scopes) with 1, 4 and 16 caveats: an expiry, then
+    // alternating scope subsets and claims.
+    let mut group = c.benchmark_group("token_verify_1m");
+    group.throughput(Throughput::Elements(1));
+    for caveats in [1usize, 4, 16] {
+        let mut list = vec![Caveat::Expires(UnixSeconds(fixture.now.0 + 3600))];
+        for i in 1..caveats {
+            list.push(if i % 2 == 1 {
+                Caveat::Scopes(vec!["orders:read".into(), "orders:write".into()])
+            } else {
+                Caveat::Claim(format!("k{i}"), "value".into())
+            });
+        }
+        let token = Token::mint(
+            &keyward::token::RootKey::new(&MASTER),
+            KeyId(1),
+            [5; 16],
+            list,
+        )
+        .unwrap()
+        .encode("kwt");
+        let request = VerifyRequest {
+            credential: token.as_bytes(),
+            scope: Some(b"orders:read"),
+            ..Default::default()
+        };
+        assert_eq!(
+            fixture
+                .verifier
+                .verify(&table, &request, fixture.now)
+                .status,
+            Status::Valid
+        );
+        group.bench_function(format!("caveats_{caveats}"), |b| {
+            b.iter(|| {
+                let verdict = fixture
+                    .verifier
+                    .verify(&table, black_box(&request), fixture.now);
                 output.clear();
                 verify::put_verdict(&mut output, &verdict);
                 black_box(&output);

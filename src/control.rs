@@ -71,6 +71,7 @@ pub struct ControlSettings {
     pub compact_log_bytes_max: u64,
     pub token_prefix: String,
     pub token_ttl_max_seconds: u64,
+    pub token_root: crate::token::RootKey,
 }
 
 /// One shard's self-service revocation channels, seen from the control plane.
@@ -1080,7 +1081,7 @@ fn derive(control: &Control, request: admin::DeriveRequest) -> Outcome {
     };
     let settings = &control.settings;
     match crate::verify::mint(
-        &settings.master_secret,
+        &settings.token_root,
         &settings.token_prefix,
         &crate::overlay::Found::Owned(&parent),
         &spec,

@@ -205,6 +205,7 @@ pub fn run(
         compact_log_bytes_max: config.compact_log_bytes_max,
         token_prefix: config.token_prefix.clone(),
         token_ttl_max_seconds: config.token_ttl_max_seconds,
+        token_root: verifier.token_root().clone(),
     };
     let control_start = ControlStart {
         listener_fd: control_listener.into_raw_fd(),

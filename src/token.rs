@@ -208,12 +208,20 @@ fn read_caveat(kind: u8, value: &[u8]) -> Option<Caveat> {
     Some(caveat)
 }
 
-/// The per-parent root key: only a holder of the master secret can compute it.
-pub fn root_key(master: &[u8; 32], parent: KeyId) -> [u8; 32] {
-    let mut material = [0u8; 40];
-    material[..32].copy_from_slice(master);
-    material[32..].copy_from_slice(&parent.0.to_be_bytes());
-    blake3::derive_key(ROOT_CONTEXT, &material)
+/// The key every per-parent root key comes from: derived once from the master secret.
+#[derive(Clone)]
+pub struct RootKey([u8; 32]);
+
+impl RootKey {
+    pub fn new(master: &[u8; 32]) -> RootKey {
+        RootKey(blake3::derive_key(ROOT_CONTEXT, master))
+    }
+
+    /// The per-parent root key, `keyed_hash(root, parent id big-endian)`: only a holder of the
+    /// master secret can compute it.
+    pub fn for_parent(&self, parent: KeyId) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, &parent.0.to_be_bytes()).as_bytes()
+    }
 }
 
 fn header_bytes(parent: KeyId, nonce: &[u8; 16]) -> [u8; 25] {
@@ -232,7 +240,7 @@ fn chain(signature: &[u8; 32], caveat: &[u8]) -> [u8; 32] {
 impl Token {
     /// Mints a token (server side): `caveats` must start with an expiry.
     pub fn mint(
-        master: &[u8; 32],
+        root: &RootKey,
         parent: KeyId,
         nonce: [u8; 16],
         caveats: Vec<Caveat>,
@@ -244,8 +252,7 @@ impl Token {
             return Err(TokenError::CaveatCount);
         }
         let mut signature =
-            *blake3::keyed_hash(&root_key(master, parent), &header_bytes(parent, &nonce))
-                .as_bytes();
+            *blake3::keyed_hash(&root.for_parent(parent), &header_bytes(parent, &nonce)).as_bytes();
         let mut encoded = Vec::new();
         for caveat in &caveats {
             check_caveat(caveat)?;
@@ -277,8 +284,8 @@ impl Token {
     }
 
     /// Recomputes the chain and compares it with the signature in constant time.
-    pub fn signature_matches(&self, master: &[u8; 32]) -> bool {
-        let root = root_key(master, self.parent);
+    pub fn signature_matches(&self, root: &RootKey) -> bool {
+        let root = root.for_parent(self.parent);
         let mut signature =
             *blake3::keyed_hash(&root, &header_bytes(self.parent, &self.nonce)).as_bytes();
         let mut encoded = Vec::with_capacity(64);
@@ -440,12 +447,27 @@ fn base32_encode(bytes: &[u8], out: &mut String) {
     }
 }
 
+const INVALID: u8 = 0xff;
+const DECODE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 32 {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 fn base32_decode(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
     let mut buffer = 0u32;
     let mut bits = 0;
     for &c in text {
-        let value = ALPHABET.iter().position(|&a| a == c)? as u32;
+        let value = DECODE[usize::from(c)];
+        if value == INVALID {
+            return None;
+        }
+        let value = u32::from(value);
         buffer = (buffer << 5) | value;
         bits += 5;
         if bits >= 8 {
@@ -468,7 +490,7 @@ mod tests {
 
     fn sample() -> Token {
         Token::mint(
-            &MASTER,
+            &RootKey::new(&MASTER),
             KeyId(42),
             [1; 16],
             vec![
@@ -489,8 +511,8 @@ mod tests {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         let parsed = Token::parse(text.as_bytes(), "kwt").unwrap().unwrap();
         assert_eq!(parsed, token);
-        assert!(parsed.signature_matches(&MASTER));
-        assert!(!parsed.signature_matches(&[8; 32]));
+        assert!(parsed.signature_matches(&RootKey::new(&MASTER)));
+        assert!(!parsed.signature_matches(&RootKey::new(&[8; 32])));
     }
 
     #[test]
@@ -499,12 +521,12 @@ mod tests {
         let narrower = token
             .attenuate(Caveat::Expires(UnixSeconds(1_900_000_000)))
             .unwrap();
-        assert!(narrower.signature_matches(&MASTER));
+        assert!(narrower.signature_matches(&RootKey::new(&MASTER)));
         assert_eq!(narrower.limits().expires, Some(UnixSeconds(1_900_000_000)));
         let mut stripped = narrower.clone();
         stripped.caveats.pop();
         assert!(
-            !stripped.signature_matches(&MASTER),
+            !stripped.signature_matches(&RootKey::new(&MASTER)),
             "removing a caveat must break the chain"
         );
     }

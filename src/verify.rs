@@ -12,7 +12,7 @@ use crate::credential::{self, Hasher, Parsed, Prefixes, SecretHash};
 use crate::overlay::{Found, TableView};
 use crate::protocol::{self, Status, VerifyRequest};
 use crate::record::{self, KeyKind, UnixSeconds};
-use crate::token::Token;
+use crate::token::{RootKey, Token};
 
 /// Everything a shard needs to decide; immutable and shared.
 #[derive(Clone)]
@@ -20,7 +20,7 @@ pub struct Verifier {
     hasher: Hasher,
     prefixes: Prefixes,
     decoy: SecretHash,
-    master: [u8; 32],
+    token_root: RootKey,
     token_prefix: String,
 }
 
@@ -57,7 +57,7 @@ impl Verifier {
             hasher,
             prefixes,
             decoy,
-            master: *master,
+            token_root: RootKey::new(master),
             token_prefix: token_prefix.to_string(),
         }
     }
@@ -126,7 +126,7 @@ impl Verifier {
         request: &VerifyRequest<'_>,
         now: UnixSeconds,
     ) -> Verdict<'t> {
-        if !token.signature_matches(&self.master) {
+        if !token.signature_matches(&self.token_root) {
             return Verdict::status(Status::Unknown);
         }
         let Some(parent) = table.find(token.parent) else {
@@ -144,8 +144,8 @@ impl Verifier {
         &self.token_prefix
     }
 
-    pub fn master_secret(&self) -> &[u8; 32] {
-        &self.master
+    pub fn token_root(&self) -> &RootKey {
+        &self.token_root
     }
 
     /// Constant-time comparison against the record's hash, or against the decoy when there is
@@ -201,7 +201,7 @@ fn judge_token(
         return Status::Revoked;
     }
     let limits = token.limits();
-    if effective_expiry(parent, token).is_some_and(|e| now.0 >= e) {
+    if effective_expiry(parent, &limits).is_some_and(|e| now.0 >= e) {
         return Status::Expired;
     }
     if now.0 < parent.not_before().max(limits.not_before.0) {
@@ -226,9 +226,9 @@ fn judge_token(
 }
 
 /// The earlier of the token's expiry caveats and the parent's expiry (`None`: never).
-pub fn effective_expiry(parent: &Found<'_>, token: &Token) -> Option<u64> {
+pub fn effective_expiry(parent: &Found<'_>, limits: &crate::token::Limits<'_>) -> Option<u64> {
     let parent_expiry = Some(parent.expires()).filter(|&e| e != 0);
-    let token_expiry = token.limits().expires.map(|e| e.0);
+    let token_expiry = limits.expires.map(|e| e.0);
     match (parent_expiry, token_expiry) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -244,7 +244,7 @@ pub fn put_verdict(out: &mut Vec<u8>, verdict: &Verdict<'_>) {
                 .scopes()
                 .filter(|s| limits.allows_scope(s.as_bytes()))
                 .collect();
-            let expires = effective_expiry(&parent, token).unwrap_or(0);
+            let expires = effective_expiry(&parent, &limits).unwrap_or(0);
             protocol::put_valid(
                 out,
                 parent.id().0,
@@ -325,7 +325,7 @@ fn refused(status: Status, message: impl Into<String>) -> protocol::DeriveResult
 /// Mints a token from a parent record that is valid now. A request wider than the parent (or
 /// than `ttl_max_seconds`) is refused with `too_wide`, never silently narrowed.
 pub fn mint(
-    master: &[u8; 32],
+    root: &RootKey,
     token_prefix: &str,
     parent: &Found<'_>,
     spec: &DeriveSpec,
@@ -396,7 +396,7 @@ pub fn mint(
     );
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).expect("the OS random source failed");
-    let token = match crate::token::Token::mint(master, parent.id(), nonce, caveats) {
+    let token = match crate::token::Token::mint(root, parent.id(), nonce, caveats) {
         Ok(token) => token.encode(token_prefix),
         Err(error) => return refused(Status::TooWide, error.to_string()),
     };
@@ -440,7 +440,7 @@ impl Verifier {
         // token instead (the token's caveats are intersected with the parent's record).
         match (verdict.status, verdict.record) {
             (Status::Valid | Status::AddressDenied, Some(parent)) => mint(
-                &self.master,
+                &self.token_root,
                 &self.token_prefix,
                 &parent,
                 &spec,

@@ -178,7 +178,7 @@ proptest! {
         let world = world(&parent);
         let mut caveats = vec![Caveat::Expires(UnixSeconds(expires))];
         caveats.extend(minted);
-        let mut token = Token::mint(&MASTER, KeyId(5), [4; 16], caveats.clone()).unwrap();
+        let mut token = Token::mint(&keyward::token::RootKey::new(&MASTER), KeyId(5), [4; 16], caveats.clone()).unwrap();
         for caveat in attenuations {
             token = token.attenuate(caveat.clone()).unwrap();
             caveats.push(caveat);
@@ -200,7 +200,7 @@ proptest! {
         let world = world(&parent);
         let mut caveats = vec![Caveat::Expires(UnixSeconds(BASE + 1000))];
         caveats.extend(extra);
-        let text = Token::mint(&MASTER, KeyId(5), [4; 16], caveats).unwrap().encode("kwt");
+        let text = Token::mint(&keyward::token::RootKey::new(&MASTER), KeyId(5), [4; 16], caveats).unwrap().encode("kwt");
         let mut bytes = text.clone().into_bytes();
         let at = position.index(bytes.len());
         prop_assume!(bytes[at] != replacement);
@@ -217,7 +217,7 @@ proptest! {
         asks in prop::collection::vec(ask(), 1..8),
     ) {
         let world = world(&parent);
-        let base = Token::mint(&MASTER, KeyId(5), [4; 16], vec![Caveat::Expires(UnixSeconds(BASE + 250))]).unwrap();
+        let base = Token::mint(&keyward::token::RootKey::new(&MASTER), KeyId(5), [4; 16], vec![Caveat::Expires(UnixSeconds(BASE + 250))]).unwrap();
         let forward = attenuations.iter().fold(base.clone(), |t, c| t.attenuate(c.clone()).unwrap()).encode("kwt");
         let backward = attenuations.iter().rev().fold(base, |t, c| t.attenuate(c.clone()).unwrap()).encode("kwt");
         for ask in &asks {
@@ -242,16 +242,31 @@ fn a_token_for_another_server_or_parent_is_unknown() {
         address: None,
     };
     let caveats = vec![Caveat::Expires(UnixSeconds(BASE + 100))];
-    let good = Token::mint(&MASTER, KeyId(5), [4; 16], caveats.clone())
-        .unwrap()
-        .encode("kwt");
+    let good = Token::mint(
+        &keyward::token::RootKey::new(&MASTER),
+        KeyId(5),
+        [4; 16],
+        caveats.clone(),
+    )
+    .unwrap()
+    .encode("kwt");
     assert_eq!(verify(&world, &good, &ask), Status::Valid);
-    let other_master = Token::mint(&[8; 32], KeyId(5), [4; 16], caveats.clone())
-        .unwrap()
-        .encode("kwt");
+    let other_master = Token::mint(
+        &keyward::token::RootKey::new(&[8; 32]),
+        KeyId(5),
+        [4; 16],
+        caveats.clone(),
+    )
+    .unwrap()
+    .encode("kwt");
     assert_eq!(verify(&world, &other_master, &ask), Status::Unknown);
-    let other_parent = Token::mint(&MASTER, KeyId(6), [4; 16], caveats)
-        .unwrap()
-        .encode("kwt");
+    let other_parent = Token::mint(
+        &keyward::token::RootKey::new(&MASTER),
+        KeyId(6),
+        [4; 16],
+        caveats,
+    )
+    .unwrap()
+    .encode("kwt");
     assert_eq!(verify(&world, &other_parent, &ask), Status::Unknown);
 }

@@ -75,6 +75,10 @@ struct Args {
     /// Control operations: each client waits this long before each request (light steady load).
     #[arg(long, value_name = "MS")]
     pace_ms: Option<u64>,
+    /// Verify derived tokens instead of keys: before the run, DERIVE a token (ttl 1 h) from each
+    /// of the first N valid keys in the key file, and drive those.
+    #[arg(long, value_name = "N")]
+    tokens: Option<usize>,
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
@@ -246,6 +250,10 @@ fn run(args: Args) -> Result<bool, String> {
         }
         _ => Vec::new(),
     };
+    let keys = match args.tokens {
+        Some(count) => derive_tokens(args.server, &keys, count)?,
+        None => keys,
+    };
     if args.op == Op::Verify && keys.len() < args.batch.max(1) {
         return Err("the key file holds fewer credentials than one batch".into());
     }
@@ -355,6 +363,45 @@ fn run(args: Args) -> Result<bool, String> {
         eprintln!("keyward-loadgen: {mismatches} answers differed from the expected status; first: {example}");
     }
     Ok(mismatches == 0)
+}
+
+/// Mints one derived token per valid key (up to `count`), each expected to verify as valid.
+fn derive_tokens(
+    server: SocketAddr,
+    keys: &[ExpectedKey],
+    count: usize,
+) -> Result<Vec<ExpectedKey>, String> {
+    let mut client = keyward::client::Client::connect(server)
+        .map_err(|e| format!("cannot connect to {server}: {e}"))?;
+    let mut tokens = Vec::with_capacity(count);
+    for key in keys
+        .iter()
+        .filter(|k| k.expected == Status::Valid)
+        .take(count)
+    {
+        let request = protocol::DeriveRequest {
+            credential: key.credential.as_bytes(),
+            ttl_seconds: 3600,
+            ..Default::default()
+        };
+        match client
+            .derive(&request)
+            .map_err(|e| format!("DERIVE failed: {e}"))?
+        {
+            protocol::DeriveResult::Minted { token, .. } => tokens.push(ExpectedKey {
+                credential: token,
+                expected: Status::Valid,
+            }),
+            protocol::DeriveResult::Refused { status, message } => {
+                return Err(format!("DERIVE refused ({status}): {message}"))
+            }
+        }
+    }
+    if tokens.is_empty() {
+        return Err("no valid key in the key file to derive tokens from".into());
+    }
+    eprintln!("keyward-loadgen: derived {} tokens", tokens.len());
+    Ok(tokens)
 }
 
 fn new_histogram() -> Histogram<u64> {
