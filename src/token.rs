@@ -531,6 +531,25 @@ mod tests {
         );
     }
 
+    /// The vector in docs/FORMATS.md, computed independently (Python, `blake3` package).
+    #[test]
+    fn test_vector_matches_formats_md() {
+        let token = Token::mint(
+            &RootKey::new(&[0x11; 32]),
+            KeyId(42),
+            std::array::from_fn(|i| i as u8),
+            vec![
+                Caveat::Expires(UnixSeconds(1_893_456_000)),
+                Caveat::Scopes(vec!["orders:read".into()]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            token.encode("kwt"),
+            "kwt_aeaaaaaaaaaaakqaaebagbafaydqqcikbmga2dqpaiaqqaaaaaahbw6yqabq2ailn5zgizlsom5hezlbmt4numnudsbqknm7kb5ehku37jysajbat3nqiz2gdsateydv7jylc"
+        );
+    }
+
     #[test]
     fn base32_is_canonical() {
         for length in 0..20 {
