@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of the verify port with keyward-loadgen, side by side in one run:
-# VERIFY vs PING (the I/O ceiling) at 64 connections x depth 16, VERIFY_BATCH, and the
+# VERIFY vs PING (the I/O ceiling) and derived tokens vs keys at 64 connections x depth 16,
+# VERIFY_BATCH, and the
 # single-connection idle round trip under several spin-before-park settings.
 # Server: 1 shard pinned to CPU $SERVER_CPU; loadgen pinned to CPU $CLIENT_CPU.
 # Usage: benches/loadgen.sh [seconds per run]   (results also land in target/bench-e2e/)
@@ -40,6 +41,7 @@ start_server 200
 for round in 1 2; do
   load "verify-64x16-$round" --keys "$DATA/keys.txt" --connections 64 --depth 16
   load "ping-64x16-$round" --op ping --connections 64 --depth 16
+  load "tokens-64x16-$round" --keys "$DATA/keys.txt" --tokens 20000 --connections 64 --depth 16
 done
 load "batch64-4x4" --keys "$DATA/keys.txt" --connections 4 --depth 4 --batch 64
 stop_server
@@ -55,6 +57,9 @@ def get(name): return json.load(open(os.path.join(out, name + ".json")))
 for r in (1, 2):
     v, p = get(f"verify-64x16-{r}"), get(f"ping-64x16-{r}")
     print(f"round {r}: VERIFY {v['requests_per_sec']:.0f}/s  PING {p['requests_per_sec']:.0f}/s  ratio {v['requests_per_sec']/p['requests_per_sec']:.2f}")
+for r in (1, 2):
+    v, t = get(f"verify-64x16-{r}"), get(f"tokens-64x16-{r}")
+    print(f"round {r}: derived tokens {t['requests_per_sec']:.0f}/s vs keys {v['requests_per_sec']:.0f}/s: ratio {t['requests_per_sec']/v['requests_per_sec']:.2f}")
 b = get("batch64-4x4")
 print(f"VERIFY_BATCH 64: {b['credentials_per_sec']:.0f} credentials/s")
 for spin in (0, 50, 200, 1000):

@@ -367,6 +367,11 @@ impl Token {
 
     /// Parses a token's text; `None` when it does not carry `prefix` (not a token at all).
     pub fn parse(text: &[u8], prefix: &str) -> Option<Result<Token, TokenError>> {
+        Some(Token::parse_raw(text, prefix)?.map(|(token, _)| token))
+    }
+
+    /// Parses a token's text and also returns its decoded bytes, for [`chain_matches`].
+    pub fn parse_raw(text: &[u8], prefix: &str) -> Option<Result<(Token, Vec<u8>), TokenError>> {
         let rest = text.strip_prefix(prefix.as_bytes())?.strip_prefix(b"_")?;
         if text.len() > TOKEN_TEXT_BYTES_MAX {
             return Some(Err(TokenError::Encoding));
@@ -374,7 +379,10 @@ impl Token {
         Some(
             base32_decode(rest)
                 .ok_or(TokenError::Encoding)
-                .and_then(|bytes| Token::from_bytes(&bytes)),
+                .and_then(|bytes| {
+                    let token = Token::from_bytes(&bytes)?;
+                    Ok((token, bytes))
+                }),
         )
     }
 
@@ -395,6 +403,37 @@ impl Token {
         }
         limits
     }
+}
+
+/// Recomputes the chain over a token's decoded bytes (as checked by `from_bytes`), hashing each
+/// caveat exactly as it arrived, and compares it with the signature in constant time. Same result
+/// as [`Token::signature_matches`], without re-encoding the caveats.
+pub fn chain_matches(root: &RootKey, bytes: &[u8]) -> bool {
+    let (Some(parent), Some(&count)) = (bytes.get(1..9), bytes.get(25)) else {
+        return false;
+    };
+    let Some(body_end) = bytes.len().checked_sub(SIGNATURE_BYTES) else {
+        return false;
+    };
+    let parent = KeyId(u64::from_be_bytes(parent.try_into().unwrap()));
+    let mut signature = *blake3::keyed_hash(&root.for_parent(parent), &bytes[..25]).as_bytes();
+    let mut at = HEADER_BYTES;
+    for _ in 0..count {
+        let Some(&length) = bytes.get(at + 1) else {
+            return false;
+        };
+        let end = at + 2 + usize::from(length);
+        let Some(caveat) = bytes.get(at..end).filter(|_| end <= body_end) else {
+            return false;
+        };
+        signature = chain(&signature, caveat);
+        at = end;
+    }
+    let stored: [u8; 32] = match bytes[body_end..].try_into() {
+        Ok(stored) => stored,
+        Err(_) => return false,
+    };
+    at == body_end && crate::credential::hashes_equal(&signature, &stored)
 }
 
 /// The intersection of a token's caveats.

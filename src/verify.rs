@@ -88,9 +88,9 @@ impl Verifier {
             }
             Parsed::Malformed(_) => return Verdict::status(Status::Malformed),
             Parsed::Other => {
-                if let Some(parsed) = Token::parse(request.credential, &self.token_prefix) {
+                if let Some(parsed) = Token::parse_raw(request.credential, &self.token_prefix) {
                     return match parsed {
-                        Ok(token) => self.verify_token(table, token, request, now),
+                        Ok((token, bytes)) => self.verify_token(table, token, &bytes, request, now),
                         Err(_) => Verdict::status(Status::Malformed),
                     };
                 }
@@ -123,10 +123,11 @@ impl Verifier {
         &self,
         table: &TableView<'t>,
         token: Token,
+        bytes: &[u8],
         request: &VerifyRequest<'_>,
         now: UnixSeconds,
     ) -> Verdict<'t> {
-        if !token.signature_matches(&self.token_root) {
+        if !crate::token::chain_matches(&self.token_root, bytes) {
             return Verdict::status(Status::Unknown);
         }
         let Some(parent) = table.find(token.parent) else {
