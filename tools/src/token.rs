@@ -37,8 +37,8 @@ pub struct Narrowing {
     /// Lifetime in seconds from now.
     #[arg(long, value_name = "SECS")]
     ttl: Option<u64>,
-    /// Only these scopes, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    /// Only these scopes, comma-separated (--scope works too).
+    #[arg(long, alias = "scope", value_delimiter = ',')]
     scopes: Vec<String>,
     /// Only for this tenant.
     #[arg(long)]
