@@ -53,9 +53,12 @@ const _: () = assert!(
 );
 const _: () = assert!(NATIVE_BYTES_MAX <= IMPORTED_BYTES_MAX);
 
-const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-const INVALID: u8 = 0xff;
-const DECODE: [u8; 256] = {
+/// The lowercase RFC 4648 base32 alphabet keys and tokens are written in.
+pub(crate) const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+/// Marks bytes outside the alphabet in [`DECODE`].
+pub(crate) const INVALID: u8 = 0xff;
+/// Byte → 5-bit value of the alphabet, or [`INVALID`].
+pub(crate) const DECODE: [u8; 256] = {
     let mut table = [INVALID; 256];
     let mut i = 0;
     while i < 32 {

@@ -468,7 +468,7 @@ impl Limits<'_> {
     }
 }
 
-const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+use crate::credential::{ALPHABET, DECODE, INVALID};
 
 fn base32_encode(bytes: &[u8], out: &mut String) {
     let mut buffer = 0u32;
@@ -485,17 +485,6 @@ fn base32_encode(bytes: &[u8], out: &mut String) {
         out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
     }
 }
-
-const INVALID: u8 = 0xff;
-const DECODE: [u8; 256] = {
-    let mut table = [INVALID; 256];
-    let mut i = 0;
-    while i < 32 {
-        table[ALPHABET[i] as usize] = i as u8;
-        i += 1;
-    }
-    table
-};
 
 fn base32_decode(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
