@@ -244,6 +244,14 @@ impl AdminClient {
         })
     }
 
+    /// Sets how long a call waits for its answer (default 600 s: a compaction of a large
+    /// table can take minutes).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), AdminError> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)?;
+        Ok(())
+    }
+
     /// Sends one request and returns the OK body as JSON.
     pub fn call(
         &mut self,

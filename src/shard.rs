@@ -34,8 +34,6 @@ use crate::verify::{self, Verifier};
 pub const READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
 /// Answers are flushed once this many bytes are pending, even mid-batch.
 pub const WRITE_FLUSH_BYTES: usize = 256 * 1024;
-/// The delay a shard under load may add before it applies a delta from the control plane.
-const APPLY_LATENCY: Duration = Duration::from_micros(200);
 /// How often an idle shard looks at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// Back-off after a failed accept (EMFILE and friends leave the connection queued, so an
@@ -152,17 +150,10 @@ pub async fn serve(
         errors_sent: Cell::new(0),
         revocations: Revocations::default(),
     });
-    // Deltas get their own task queue with a latency bound, so a shard busy with verify traffic
-    // still applies a revocation within about APPLY_LATENCY instead of after every queued
-    // connection has had its turn.
-    let apply_queue = glommio::executor().create_task_queue(
-        glommio::Shares::Static(1000),
-        glommio::Latency::Matters(APPLY_LATENCY),
-        "keyward-apply",
-    );
-    glommio::spawn_local_into(apply_loop(link, state.clone()), apply_queue)
-        .expect("the apply task queue was just created")
-        .detach();
+    // The apply task shares the shard's one task queue. A second queue (with a latency bound)
+    // measured no gain, and glommio 0.9 can park an executor for good while a second queue is
+    // runnable (fixed upstream after 0.9): a shard that never wakes would stall every change.
+    glommio::spawn_local(apply_loop(link, state.clone())).detach();
     let accepting = accept_loop(&listener, &state);
     let stopping = async {
         while !shutdown.is_triggered() {

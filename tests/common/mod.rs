@@ -159,7 +159,10 @@ impl Server {
     /// An admin client holding this server's token.
     pub fn admin(&self) -> keyward::admin::AdminClient {
         let token = std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap();
-        keyward::admin::AdminClient::connect(self.control, token.trim()).unwrap()
+        let admin = keyward::admin::AdminClient::connect(self.control, token.trim()).unwrap();
+        // A change not acknowledged within a minute is a hang: fail instead of waiting 10 min.
+        admin.set_timeout(Some(Duration::from_secs(60))).unwrap();
+        admin
     }
 
     /// Kills the server with SIGKILL (no shutdown at all) and reaps it.
