@@ -222,6 +222,36 @@ impl RootKey {
     pub fn for_parent(&self, parent: KeyId) -> [u8; 32] {
         *blake3::keyed_hash(&self.0, &parent.0.to_be_bytes()).as_bytes()
     }
+
+    /// [`RootKey::for_parent`] through a small per-thread cache (a thread is a shard, so no
+    /// lock): tokens of the same parent keep coming back, and this saves a hash each time.
+    pub fn for_parent_cached(&self, parent: KeyId) -> [u8; 32] {
+        PARENT_ROOTS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some(root) = cache.get(&(self.0, parent.0)) {
+                return *root;
+            }
+            if cache.len() >= PARENT_ROOTS_CACHED_MAX {
+                cache.clear();
+            }
+            let root = self.for_parent(parent);
+            cache.insert((self.0, parent.0), root);
+            root
+        })
+    }
+}
+
+/// (token root, parent id) → per-parent root key.
+type ParentRoots = std::collections::HashMap<([u8; 32], u64), [u8; 32]>;
+
+/// Most per-parent root keys one thread keeps; past it the cache starts again empty.
+pub const PARENT_ROOTS_CACHED_MAX: usize = 4096;
+
+thread_local! {
+    /// (token root, parent id) → per-parent root key. Keyed by the token root too, so servers
+    /// with different master secrets in one process (tests) never share entries.
+    static PARENT_ROOTS: std::cell::RefCell<ParentRoots> =
+        std::cell::RefCell::new(std::collections::HashMap::with_capacity(PARENT_ROOTS_CACHED_MAX));
 }
 
 fn header_bytes(parent: KeyId, nonce: &[u8; 16]) -> [u8; 25] {
@@ -416,7 +446,8 @@ pub fn chain_matches(root: &RootKey, bytes: &[u8]) -> bool {
         return false;
     };
     let parent = KeyId(u64::from_be_bytes(parent.try_into().unwrap()));
-    let mut signature = *blake3::keyed_hash(&root.for_parent(parent), &bytes[..25]).as_bytes();
+    let mut signature =
+        *blake3::keyed_hash(&root.for_parent_cached(parent), &bytes[..25]).as_bytes();
     let mut at = HEADER_BYTES;
     for _ in 0..count {
         let Some(&length) = bytes.get(at + 1) else {
