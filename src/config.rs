@@ -178,13 +178,15 @@ impl ServerConfig {
             366 * 24 * 3600,
         )?;
         self.prefixes()?;
-        let token_prefix_ok = Prefixes::new(&self.token_prefix, "x0").is_ok()
-            && self.token_prefix != self.prefix
-            && self.token_prefix != self.public_prefix;
-        if !token_prefix_ok {
+        crate::credential::check_prefix(&self.token_prefix).map_err(|_| ConfigError::Range {
+            field: "token_prefix",
+            expected: "2 to 16 lowercase letters or digits".into(),
+            value: self.token_prefix.clone(),
+        })?;
+        if self.token_prefix == self.prefix || self.token_prefix == self.public_prefix {
             return Err(ConfigError::Range {
                 field: "token_prefix",
-                expected: "2 to 16 lowercase letters or digits, unlike the key prefixes".into(),
+                expected: "a prefix unlike the key prefixes".into(),
                 value: self.token_prefix.clone(),
             });
         }

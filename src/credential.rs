@@ -136,15 +136,8 @@ pub enum PrefixError {
 
 impl Prefixes {
     pub fn new(secret: &str, public: &str) -> Result<Prefixes, PrefixError> {
-        for prefix in [secret, public] {
-            let ok = (PREFIX_BYTES_MIN..=PREFIX_BYTES_MAX).contains(&prefix.len())
-                && prefix
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-            if !ok {
-                return Err(PrefixError::Invalid(prefix.to_string()));
-            }
-        }
+        check_prefix(secret)?;
+        check_prefix(public)?;
         if secret == public {
             return Err(PrefixError::Same(secret.to_string()));
         }
@@ -170,6 +163,19 @@ impl Prefixes {
         } else {
             None
         }
+    }
+}
+
+/// Checks one prefix (of keys or of derived tokens): 2 to 16 lowercase letters or digits.
+pub fn check_prefix(prefix: &str) -> Result<(), PrefixError> {
+    let ok = (PREFIX_BYTES_MIN..=PREFIX_BYTES_MAX).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(PrefixError::Invalid(prefix.to_string()))
     }
 }
 
