@@ -451,6 +451,21 @@ fn prefixes(args: &PrefixArgs) -> Result<Prefixes, Failure> {
 }
 
 /// Refuses to replace a table holding keys unless forced.
+/// The sequence a replacement table must carry: every change already logged for the old table
+/// is then older than the new snapshot, so a server never replays it over the new keys (even if
+/// it crashed before the log is cleared), and new changes continue the numbering.
+fn replaced_sequence(data_dir: &DataDir) -> Result<u64, Failure> {
+    let current = Snapshot::open(&data_dir.snapshot_path())
+        .map(|s| s.header().sequence)
+        .unwrap_or(0);
+    let log_path = data_dir.path().join(keyward::delta::FILE_NAME);
+    if !log_path.exists() {
+        return Ok(current);
+    }
+    let (_, replay) = keyward::delta::DeltaLog::open(&log_path, current)?;
+    Ok(replay.last_sequence.max(current))
+}
+
 fn guard_existing(data_dir: &DataDir, force: bool) -> Result<(), Failure> {
     let existing = Snapshot::open(&data_dir.snapshot_path())
         .map(|s| s.header().record_count)
@@ -483,7 +498,11 @@ fn generate(
     let hasher = Hasher::new(data_dir.pepper());
     eprintln!("keyward-ctl: minting {count} keys…");
     let set = keyset::generate(count, &hasher, &prefixes, UnixSeconds::now());
-    let bytes = snapshot::encode(&set.records, 0, UnixSeconds::now())?;
+    let bytes = snapshot::encode(
+        &set.records,
+        replaced_sequence(&data_dir)?,
+        UnixSeconds::now(),
+    )?;
     snapshot::write_atomic(&data_dir.snapshot_path(), &bytes)?;
 
     let file = std::fs::OpenOptions::new()
@@ -631,7 +650,7 @@ fn build(
             .validate()
             .map_err(|e| Failure::Error(format!("{}:{line}: {e}", from.display())))?;
     }
-    let bytes = snapshot::encode(&records, 0, now)?;
+    let bytes = snapshot::encode(&records, replaced_sequence(&data_dir)?, now)?;
     snapshot::write_atomic(&data_dir.snapshot_path(), &bytes)?;
     println!(
         "wrote {} keys to {} ({} bytes)",

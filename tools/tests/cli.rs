@@ -31,7 +31,8 @@ fn server_binary() -> PathBuf {
     path
 }
 
-struct Server(Child, String);
+/// A running server: the child, its verify address, its control address.
+struct Server(Child, String, String);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -58,13 +59,20 @@ fn serve(data_dir: &Path) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let address = loop {
+    let after = |line: &str, marker: &str| {
+        line.split(marker)
+            .nth(1)
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+    };
+    let mut verify = None;
+    let control = loop {
         let line = lines.next().expect("server exited").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
+        verify = verify.or(after(&line, "verify port listening on "));
+        if let Some(control) = after(&line, "control port listening on ") {
+            break control;
         }
     };
-    Server(child, address)
+    Server(child, verify.expect("verify port line"), control)
 }
 
 #[test]
@@ -219,4 +227,57 @@ fn bad_records_name_their_line() {
         "{}",
         text(&output)
     );
+}
+
+/// Replacing the table offline must not let the old table's logged changes come back.
+#[test]
+fn replacing_the_table_drops_changes_logged_for_the_old_one() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let keys = root.path().join("keys.txt");
+    let dir = data.to_str().unwrap();
+    let generate = |force: bool| {
+        let mut args = vec![
+            "keys",
+            "generate",
+            "--data-dir",
+            dir,
+            "--count",
+            "40",
+            "--out-keys",
+            keys.to_str().unwrap(),
+        ];
+        if force {
+            args.push("--force");
+        }
+        let output = ctl(&args);
+        assert!(output.status.success(), "{}", text(&output));
+    };
+    generate(false);
+    let server = serve(&data);
+    let control = server.2.clone();
+    let issued = ctl(&[
+        "issue",
+        "--control",
+        &control,
+        "--data-dir",
+        dir,
+        "--name",
+        "old table",
+    ]);
+    assert!(issued.status.success(), "{}", text(&issued));
+    let old_key = String::from_utf8_lossy(&issued.stdout).trim().to_string();
+    drop(server);
+
+    generate(true);
+    let server = serve(&data);
+    let verify = ctl(&["verify", "--server", &server.1, &old_key]);
+    assert_eq!(
+        String::from_utf8_lossy(&verify.stdout).trim(),
+        "unknown",
+        "a change logged for the old table came back"
+    );
+    let control = server.2.clone();
+    let issued = ctl(&["issue", "--control", &control, "--data-dir", dir]);
+    assert!(issued.status.success(), "{}", text(&issued));
 }
