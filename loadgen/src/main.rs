@@ -690,3 +690,138 @@ fn thousands(value: u64) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut all = vec!["keyward-loadgen"];
+        all.extend_from_slice(extra);
+        Args::try_parse_from(all).unwrap()
+    }
+
+    fn result() -> ThreadResult {
+        ThreadResult {
+            histogram: new_histogram(),
+            by_status: [0; Status::ALL.len()],
+            mismatches: 0,
+            first_mismatch: None,
+            requests: 0,
+        }
+    }
+
+    #[test]
+    fn argument_bounds_give_clear_errors() {
+        let error = |extra: &[&str]| validate(&args(extra)).unwrap_err();
+        assert!(error(&["--connections", "0", "--keys", "k"]).contains("--connections"));
+        assert!(
+            error(&["--threads", "4", "--connections", "2", "--keys", "k"]).contains("--threads")
+        );
+        assert!(error(&["--batch", "300", "--keys", "k"]).contains("--batch"));
+        assert!(error(&["--op", "ping", "--batch", "8"]).contains("--batch"));
+        assert!(error(&[]).contains("keyward-ctl keys generate"));
+        assert!(validate(&args(&["--op", "ping"])).is_ok());
+        assert!(validate(&args(&["--op", "import", "--batch", "1000"])).is_ok());
+        assert!(Args::try_parse_from(["keyward-loadgen", "--op", "fly"]).is_err());
+    }
+
+    #[test]
+    fn answers_are_checked_against_the_expected_status() {
+        let template = Template {
+            frame: Vec::new(),
+            expected: vec![Status::Revoked],
+        };
+        let mut counted = result();
+        check_answer(
+            opcode::VERIFY_RESULT,
+            &[Status::Revoked as u8],
+            &template,
+            true,
+            &mut counted,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                counted.mismatches,
+                counted.by_status[Status::Revoked as usize]
+            ),
+            (0, 1)
+        );
+        check_answer(
+            opcode::VERIFY_RESULT,
+            &[Status::Valid as u8, 0],
+            &template,
+            true,
+            &mut counted,
+        )
+        .unwrap();
+        assert_eq!(counted.mismatches, 1);
+        assert_eq!(
+            counted.first_mismatch.as_deref(),
+            Some("expected revoked, got valid")
+        );
+        // During warm-up statuses are not counted, but a wrong answer still is.
+        check_answer(
+            opcode::VERIFY_RESULT,
+            &[Status::Unknown as u8],
+            &template,
+            false,
+            &mut counted,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                counted.mismatches,
+                counted.by_status[Status::Unknown as usize]
+            ),
+            (2, 0)
+        );
+        assert!(check_answer(opcode::VERIFY_RESULT, &[], &template, true, &mut counted).is_err());
+        assert!(check_answer(opcode::ERROR, &[5, 0, 0], &template, true, &mut counted).is_err());
+    }
+
+    #[test]
+    fn batch_answers_are_checked_item_by_item() {
+        let template = Template {
+            frame: Vec::new(),
+            expected: vec![Status::Valid, Status::Expired],
+        };
+        let mut body = 2u16.to_le_bytes().to_vec();
+        body.push(Status::Unknown as u8);
+        body.push(Status::Expired as u8);
+        let mut counted = result();
+        check_answer(
+            opcode::VERIFY_BATCH_RESULT,
+            &body,
+            &template,
+            true,
+            &mut counted,
+        )
+        .unwrap();
+        assert_eq!(counted.mismatches, 1);
+        assert_eq!(counted.by_status[Status::Expired as usize], 1);
+    }
+
+    #[test]
+    fn thread_histograms_merge() {
+        let mut first = new_histogram();
+        let mut second = new_histogram();
+        for value in [1_000, 2_000, 3_000] {
+            first.record(value).unwrap();
+        }
+        second.record(1_000_000).unwrap();
+        first.add(&second).unwrap();
+        assert_eq!(first.len(), 4);
+        assert!(first.max() >= 1_000_000 && first.max() < 1_001_000);
+    }
+
+    #[test]
+    fn numbers_print_for_people() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(micros(46_400), "46.4µs");
+        assert_eq!(micros(12_500_000), "12.5ms");
+    }
+}
