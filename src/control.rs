@@ -335,26 +335,10 @@ async fn committer(
                 }
             }
             if !bytes.is_empty() {
-                let log = control
-                    .durable
-                    .borrow_mut()
-                    .log
-                    .take()
-                    .expect("log present");
-                let (log, result) = glommio::executor()
-                    .spawn_blocking(move || {
-                        let mut log = log;
-                        let result = log.append_durable(&bytes);
-                        (log, result)
-                    })
-                    .await;
-                if let Err(error) = result {
-                    eprintln!("keyward: fatal: cannot make the delta log durable: {error}");
-                    std::process::exit(EXIT_LOG_FAILED);
-                }
-                let mut durable = control.durable.borrow_mut();
-                durable.log_bytes = log.bytes();
-                durable.log = Some(log);
+                with_log(&control, "make the delta log durable", move |log| {
+                    log.append_durable(&bytes)
+                })
+                .await;
             }
             let mut sent = 0usize;
             let mut waiting = Vec::with_capacity(jobs.len());
@@ -433,7 +417,7 @@ fn take_round(control: &Control) -> Vec<Job> {
 /// snapshot includes from the control plane's overlay.
 async fn switch_snapshot(control: &Control, snapshot: &Arc<Snapshot>) {
     let included = snapshot.header().sequence;
-    let (log, keep) = {
+    let keep = {
         let mut durable = control.durable.borrow_mut();
         durable
             .committed
@@ -449,27 +433,46 @@ async fn switch_snapshot(control: &Control, snapshot: &Arc<Snapshot>) {
             .iter()
             .map(|(_, encoded)| encoded.clone())
             .collect();
-        (durable.log.take().expect("log present"), keep)
+        keep
     };
+    with_log(
+        control,
+        "rewrite the delta log after compaction",
+        move |log| log.rewrite(&keep),
+    )
+    .await;
+    let mut view = control.view.borrow_mut();
+    view.snapshot = snapshot.clone();
+    view.overlay.drop_through(included);
+}
+
+/// Runs blocking work on the delta log off the executor thread. A log that cannot be written
+/// stops the server: carrying on would acknowledge changes a crash could lose.
+async fn with_log(
+    control: &Control,
+    what: &'static str,
+    work: impl FnOnce(&mut DeltaLog) -> Result<(), delta::LogError> + Send + 'static,
+) {
+    let log = control
+        .durable
+        .borrow_mut()
+        .log
+        .take()
+        .expect("log present");
     let (log, result) = glommio::executor()
         .spawn_blocking(move || {
             let mut log = log;
-            let result = log.rewrite(&keep);
+            let result = work(&mut log);
             (log, result)
         })
         .await;
     if let Err(error) = result {
-        eprintln!("keyward: fatal: cannot rewrite the delta log after compaction: {error}");
+        eprintln!("keyward: fatal: cannot {what}: {error}");
         std::process::exit(EXIT_LOG_FAILED);
     }
-    {
-        let mut durable = control.durable.borrow_mut();
-        durable.log_bytes = log.bytes();
-        durable.log = Some(log);
-    }
-    let mut view = control.view.borrow_mut();
-    view.snapshot = snapshot.clone();
-    view.overlay.drop_through(included);
+    let mut durable = control.durable.borrow_mut();
+    durable.log_bytes = log.bytes();
+    durable.log = Some(log);
 }
 
 fn maybe_compact(control: &Rc<Control>) {

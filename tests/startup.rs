@@ -158,11 +158,35 @@ fn config_file_is_read_and_flags_override_it() {
     let directory = tempfile::tempdir().unwrap();
     common::generated_data_dir(directory.path(), 10);
     let config = directory.path().join("keyward.toml");
-    std::fs::write(&config, "shards = 1\nlisten = \"127.0.0.1:1\"\n").unwrap();
-    // --listen (127.0.0.1:0, from the helper) overrides the file's unusable port 1.
+    std::fs::write(
+        &config,
+        "connections_per_shard_max = 1\nlisten = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    // The file's connection limit applies; the helper's --listen 127.0.0.1:0 overrides port 1.
     let server = common::Server::start(
         directory.path(),
         &["--config", config.to_str().unwrap(), "--shards", "1"],
     );
-    Client::connect(server.address).unwrap().ping().unwrap();
+    assert_ne!(
+        server.address.port(),
+        1,
+        "the flag did not override the file"
+    );
+    let mut first = Client::connect(server.address).unwrap();
+    first.ping().unwrap();
+    let mut second = TcpStream::connect(server.address).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (header, body) = read_frame(&mut second).unwrap();
+    assert_eq!(
+        header.opcode,
+        opcode::ERROR,
+        "the file's connection limit was not applied"
+    );
+    assert_eq!(
+        protocol::parse_error(&body).unwrap().code,
+        ErrorCode::Busy as u8
+    );
 }
