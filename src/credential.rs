@@ -54,7 +54,7 @@ const _: () = assert!(
 const _: () = assert!(NATIVE_BYTES_MAX <= IMPORTED_BYTES_MAX);
 
 /// The lowercase RFC 4648 base32 alphabet keys and tokens are written in.
-pub(crate) const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+pub const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// Marks bytes outside the alphabet in [`DECODE`].
 pub(crate) const INVALID: u8 = 0xff;
 /// Byte → 5-bit value of the alphabet, or [`INVALID`].

@@ -115,7 +115,8 @@ fn generate_serve_verify() {
     let lines = std::fs::read_to_string(&keys).unwrap();
     let mut seen = std::collections::HashSet::new();
     for line in lines.lines().filter(|l| !l.starts_with('#')) {
-        let (credential, expected) = line.split_once('\t').unwrap();
+        let mut columns = line.split('\t');
+        let (credential, expected) = (columns.next().unwrap(), columns.next().unwrap());
         if !seen.insert(expected.to_string()) {
             continue;
         }
