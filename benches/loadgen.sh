@@ -64,5 +64,5 @@ b = get("batch64-4x4")
 print(f"VERIFY_BATCH 64: {b['credentials_per_sec']:.0f} credentials/s")
 for spin in (0, 50, 200, 1000):
     i = get(f"idle-rtt-spin{spin}")
-    print(f"idle round trip, spin {spin:>4} us: p50 {i['p50_us']:.1f} us  p99 {i['p99_us']:.1f} us")
+    print(f"idle round trip, spin {spin:>4} us: p50 {i['latency']['p50_us']:.1f} us  p99 {i['latency']['p99_us']:.1f} us")
 PY

@@ -11,7 +11,9 @@ use serde_json::json;
 
 use keyward::admin::{opcode, AdminClient};
 
-use crate::{micros, new_histogram, thousands, Args, Op};
+use crate::drive::new_histogram;
+use crate::report::{micros, thousands};
+use crate::{Args, Op};
 
 /// Most keys one bulk import may create.
 const IMPORT_KEYS_MAX: usize = 100_000_000;
@@ -130,7 +132,7 @@ fn report(
 pub fn run(args: &Args) -> Result<bool, String> {
     let token = token(&args.token_file)?;
     let clients = args.connections;
-    let per_client = args.requests.div_ceil(clients);
+    let per_client = args.control_requests().div_ceil(clients);
     let tag = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -188,7 +190,7 @@ pub fn run(args: &Args) -> Result<bool, String> {
             report(args, "revoke", clients, &histogram, elapsed, 1);
         }
         Op::Import => {
-            let total = args.requests;
+            let total = args.control_requests();
             if total == 0 || total > IMPORT_KEYS_MAX {
                 return Err(format!(
                     "--requests (keys to import) must be 1 to {IMPORT_KEYS_MAX}"

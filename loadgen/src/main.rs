@@ -1,64 +1,145 @@
-//! `keyward-loadgen`: drives a keyward verify port and reports throughput, latency percentiles
-//! (HdrHistogram) and answers by status, checking every answer against the status its
-//! credential must get.
+//! `keyward-loadgen`: the measuring instrument for keyward and for what it replaces. It drives a
+//! keyward verify port, a Redis server (RESP GET) or memcached (text get) with the same
+//! connections, pipelining, scheduling and histogram code, checks every answer against the
+//! status its credential must get, and reports throughput and latency percentiles.
 //!
-//! Closed loop: each client thread owns its share of the connections; per round it writes
-//! `depth` requests on every connection (one write each), then reads every answer. Latency is
-//! measured per request, from the round's write to the answer's arrival.
+//! Closed loop (`--connections` × `--depth`) or open loop (`--rate`, latency from each
+//! request's intended send time); `--sweep` steps the open-loop rate up to saturation and
+//! reports the highest rate whose p99 stays under `--slo-p99`. Control-port operations
+//! (`--op issue|revoke|import`) live in `control.rs`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
+use serde_json::json;
 
 use keyward::keyset::{self, ExpectedKey};
+use keyward::protocol::{self, Status};
 
 mod control;
-use keyward::protocol::{self, opcode, Status, VerifyRequest};
+mod drive;
+mod prepare;
+mod report;
+mod wire;
+mod workload;
+
+use drive::{new_histogram, Schedule, Shared, ThreadPlan};
+use report::{micros, thousands, Outcome, SweepPoint};
+use wire::{Protocol, Tally};
+use workload::{Kind, Mix, Pools, Popularity, Requests, Shape};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "keyward-loadgen",
     version,
-    about = "Load generator for a keyward verify port"
+    about = "Load generator for keyward, with Redis and memcached baselines",
+    long_about = "Load generator for keyward, with Redis and memcached baselines.\n\n\
+        Closed loop by default (--connections × --depth requests always in flight); open loop \
+        with --rate (requests sent on a fixed schedule, latency measured from when each was \
+        due); --sweep finds the highest rate whose p99 stays under --slo-p99. Every answer is \
+        checked against the status its credential must get; wrong answers make the exit code 1.",
+    after_help = "Examples:\n  \
+        keyward-loadgen --keys keys.txt --connections 16 --depth 16\n  \
+        keyward-loadgen --keys keys.txt --rate 100000 --connections 16 --depth 8 --hgrm out.hgrm --plot out.svg\n  \
+        keyward-loadgen --keys keys.txt --mix valid=90,unknown=4,revoked=2,expired=2,malformed=2 --zipf 1.1\n  \
+        keyward-loadgen --protocol resp --server 127.0.0.1:6379 --keys keys.txt --prepare\n  \
+        keyward-loadgen --protocol resp --server 127.0.0.1:6379 --keys keys.txt --connections 16 --depth 16\n  \
+        keyward-loadgen --keys keys.txt --sweep --slo-p99 1ms --plot sweep.svg"
 )]
-struct Args {
-    /// Verify port to drive.
+pub struct Args {
+    /// Server to drive: a keyward verify port, or a Redis/memcached address.
     #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
     server: SocketAddr,
-    /// Key file written by `keyward-ctl keys generate` (credential<TAB>expected status).
+    /// Wire protocol: keyward, or a baseline store looking up the same credentials.
+    #[arg(long, value_enum, default_value_t = Protocol::Keyward)]
+    protocol: Protocol,
+    /// Key file (`keyward-ctl keys generate --out-keys`): credential, expected status, scopes, allowlist.
     #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
-    /// What to send: VERIFY requests, or PING (the I/O ceiling).
+    /// What to send: lookups (VERIFY, GET), the protocol's no-op (PING, the I/O ceiling), or a
+    /// control-port operation.
     #[arg(long, value_enum, default_value_t = Op::Verify)]
     op: Op,
     /// Open connections, spread over the client threads.
     #[arg(long, default_value_t = 1, value_name = "N")]
     connections: usize,
-    /// Requests in flight per connection.
+    /// Requests in flight per connection: always this many in closed loop, at most this many in
+    /// open loop.
     #[arg(long, default_value_t = 1, value_name = "N")]
     depth: usize,
-    /// Credentials per VERIFY_BATCH frame; 0 sends one VERIFY frame per credential.
+    /// Open loop: requests per second in all, sent on a fixed schedule.
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
+    /// Credentials per request: VERIFY_BATCH (keyward) or MGET (resp); 0 sends one per request.
     #[arg(long, default_value_t = 0, value_name = "N")]
     batch: usize,
+    /// Mix of credential kinds by weight, e.g. valid=90,unknown=4,revoked=2,expired=2,malformed=1,derived=1
+    /// (kinds: any status name in the key file, malformed, derived). Default: the key file as it is.
+    #[arg(long, value_name = "KIND=W,...")]
+    mix: Option<String>,
+    /// Key popularity: Zipf with this exponent (e.g. 1.1) instead of uniform.
+    #[arg(long, value_name = "S")]
+    zipf: Option<f64>,
+    /// Require this scope in every VERIFY (expected statuses follow the key file's scopes).
+    #[arg(long, value_name = "SCOPE")]
+    scope: Option<String>,
+    /// Name this end-client address in every VERIFY (checked against key allowlists).
+    #[arg(long, value_name = "IP")]
+    client_address: Option<IpAddr>,
+    /// Derived tokens to mint (DERIVE, ttl 1 h) from valid keys before the run, for the
+    /// `derived` kind; without --mix, the run sends only these tokens.
+    #[arg(long, value_name = "N")]
+    tokens: Option<usize>,
+    /// Seed of the request sequence (mix and popularity draws).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    seed: u64,
     /// Client threads, each pinned to one CPU of --cpus (or not pinned when --cpus is empty).
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
     /// CPUs for the client threads, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     cpus: Vec<usize>,
-    /// Measured duration in seconds (after the warm-up).
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    duration: f64,
-    /// Warm-up in seconds, run but not counted.
+    /// Measured seconds, after the warm-up (default 10, or unbounded with --requests).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Warm-up in seconds: sent and checked but not counted.
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     warmup: f64,
+    /// Measured requests to send (stops early when --duration ends first). Control
+    /// operations: how many (for import: how many keys; default 10000).
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
+    /// Baselines: store every credential the run will look up (value: its status and scopes)
+    /// in the Redis or memcached server, then exit. Run once before measuring.
+    #[arg(long)]
+    prepare: bool,
+    /// Step the open-loop rate up to saturation and report the highest rate whose p99 stays
+    /// under --slo-p99. Each step runs --duration seconds.
+    #[arg(long)]
+    sweep: bool,
+    /// Latency bound for --sweep, e.g. 1ms, 500us.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    slo_p99: Option<Duration>,
+    /// Sweep steps between zero and the closed-loop capacity.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    sweep_steps: usize,
+    /// Write the HdrHistogram percentile distribution (.hgrm, milliseconds) here.
+    #[arg(long, value_name = "FILE")]
+    hgrm: Option<PathBuf>,
+    /// Draw latency by percentile (or, with --sweep, latency against throughput) as SVG here.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
     /// Control port, for --op issue, revoke and import.
     #[arg(long, default_value = "127.0.0.1:7501", value_name = "ADDR")]
     control: SocketAddr,
@@ -69,27 +150,16 @@ struct Args {
         value_name = "FILE"
     )]
     token_file: PathBuf,
-    /// Control operations: how many (for import: how many keys).
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    requests: usize,
     /// Control operations: each client waits this long before each request (light steady load).
     #[arg(long, value_name = "MS")]
     pace_ms: Option<u64>,
-    /// Verify derived tokens instead of keys: before the run, DERIVE a token (ttl 1 h) from each
-    /// of the first N valid keys in the key file, and drive those.
-    #[arg(long, value_name = "N")]
-    tokens: Option<usize>,
-    /// Print the final report as JSON.
-    #[arg(long)]
-    json: bool,
-    /// No progress line.
-    #[arg(long)]
-    quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Op {
+pub enum Op {
+    /// VERIFY (keyward), GET (resp), get (memcache).
     Verify,
+    /// PING (keyward, resp) or version (memcache): the I/O ceiling.
     Ping,
     /// Control port: ISSUE with --connections concurrent clients.
     Issue,
@@ -111,13 +181,28 @@ impl Op {
     }
 }
 
+impl Args {
+    fn control_requests(&self) -> usize {
+        self.requests.map_or(10_000, |n| n as usize)
+    }
+
+    fn measured(&self) -> Duration {
+        match (self.duration, self.requests) {
+            (Some(seconds), _) => Duration::from_secs_f64(seconds),
+            (None, Some(_)) => Duration::from_secs_f64(DURATION_SECS_MAX),
+            (None, None) => Duration::from_secs(10),
+        }
+    }
+}
+
 /// Bounds on the arguments.
 const CONNECTIONS_MAX: usize = 65_536;
 const DEPTH_MAX: usize = 4096;
 const THREADS_MAX: usize = 1024;
 const DURATION_SECS_MAX: f64 = 24.0 * 3600.0;
-/// Latencies above this are clamped into the histogram's last bucket.
-const LATENCY_NS_MAX: u64 = 60_000_000_000;
+const RATE_MAX: f64 = 1e9;
+const TOKENS_MAX: usize = 1_000_000;
+const SWEEP_STEPS_MAX: usize = 100;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -131,8 +216,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses `1ms`, `500us`, `250µs`, `2s`, `1.5ms`.
+fn parse_time(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?} needs a unit: ns, us, ms or s"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| format!("{text:?}: not a positive number"))?;
+    let seconds = match unit {
+        "ns" => value / 1e9,
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (ns, us, ms or s)"
+            ))
+        }
+    };
+    if seconds > DURATION_SECS_MAX {
+        return Err(format!("{text:?}: longer than a day"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 fn validate(args: &Args) -> Result<(), String> {
     let check = |ok: bool, message: &str| if ok { Ok(()) } else { Err(message.to_string()) };
+    let control = matches!(args.op, Op::Issue | Op::Revoke | Op::Import);
     check(
         (1..=CONNECTIONS_MAX).contains(&args.connections),
         "--connections must be 1 to 65536",
@@ -150,6 +265,10 @@ fn validate(args: &Args) -> Result<(), String> {
         "--batch applies to --op verify and import only",
     )?;
     check(
+        args.batch == 0 || args.protocol != Protocol::Memcache,
+        "--batch is not offered with --protocol memcache (its multi-get answers only the hits)",
+    )?;
+    check(
         (1..=THREADS_MAX).contains(&args.threads),
         "--threads must be 1 to 1024",
     )?;
@@ -158,7 +277,8 @@ fn validate(args: &Args) -> Result<(), String> {
         "--threads cannot exceed --connections",
     )?;
     check(
-        args.duration > 0.0 && args.duration <= DURATION_SECS_MAX,
+        args.duration
+            .is_none_or(|d| d > 0.0 && d <= DURATION_SECS_MAX),
         "--duration must be above 0 and at most a day",
     )?;
     check(
@@ -166,75 +286,61 @@ fn validate(args: &Args) -> Result<(), String> {
         "--warmup must be 0 to a day",
     )?;
     check(
+        args.requests.is_none_or(|n| n > 0),
+        "--requests must be at least 1",
+    )?;
+    check(
+        args.rate
+            .is_none_or(|r| r.is_finite() && r > 0.0 && r <= RATE_MAX),
+        "--rate must be above 0 and at most 1e9 requests/s",
+    )?;
+    check(
+        args.zipf.is_none_or(|s| s.is_finite() && s > 0.0),
+        "--zipf must be a number above 0 (1.0 to 1.3 are typical)",
+    )?;
+    check(
+        args.tokens.is_none_or(|n| (1..=TOKENS_MAX).contains(&n)),
+        "--tokens must be 1 to 1000000",
+    )?;
+    check(
+        (1..=SWEEP_STEPS_MAX).contains(&args.sweep_steps),
+        "--sweep-steps must be 1 to 100",
+    )?;
+    check(
+        !args.sweep || args.slo_p99.is_some(),
+        "--sweep needs the latency bound, e.g. --slo-p99 1ms",
+    )?;
+    check(
+        !args.sweep || (args.rate.is_none() && args.requests.is_none()),
+        "--sweep chooses its own rates and runs --duration per step: drop --rate and --requests",
+    )?;
+    check(
+        !(control && (args.sweep || args.rate.is_some() || args.prepare)),
+        "--rate, --sweep and --prepare apply to --op verify and ping",
+    )?;
+    check(
+        args.protocol == Protocol::Keyward || !control,
+        "control operations (--op issue, revoke, import) are keyward's own: use --protocol keyward",
+    )?;
+    check(
+        args.protocol == Protocol::Keyward
+            || (args.scope.is_none() && args.client_address.is_none() && args.tokens.is_none()),
+        "--scope, --client-address and --tokens are keyward features a key store lacks: use --protocol keyward",
+    )?;
+    check(
+        !args.prepare || (args.protocol != Protocol::Keyward && args.op == Op::Verify),
+        "--prepare loads credentials into a baseline store (--protocol resp or memcache); keyward's own keys come from `keyward-ctl keys generate` or `import`",
+    )?;
+    check(
         args.keys.is_some() || args.op != Op::Verify,
         "--keys FILE is required with --op verify (write one with `keyward-ctl keys generate`)",
     )?;
+    check(
+        args.op == Op::Verify
+            || (args.mix.is_none() && args.zipf.is_none() && args.tokens.is_none()),
+        "--mix, --zipf and --tokens apply to --op verify",
+    )?;
     Ok(())
-}
-
-/// One request template: its frame bytes (request id patched at send) and what each
-/// credential in it must get.
-struct Template {
-    frame: Vec<u8>,
-    expected: Vec<Status>,
-}
-
-fn templates(args: &Args, keys: &[ExpectedKey]) -> Vec<Template> {
-    if args.op == Op::Ping {
-        let mut frame = Vec::new();
-        protocol::put_ping_frame(&mut frame, 0);
-        return vec![Template {
-            frame,
-            expected: Vec::new(),
-        }];
-    }
-    fn request(key: &ExpectedKey) -> VerifyRequest<'_> {
-        VerifyRequest {
-            credential: key.credential.as_bytes(),
-            ..Default::default()
-        }
-    }
-    if args.batch == 0 {
-        return keys
-            .iter()
-            .map(|key| {
-                let mut frame = Vec::new();
-                protocol::put_verify_frame(&mut frame, 0, &request(key));
-                Template {
-                    frame,
-                    expected: vec![key.expected],
-                }
-            })
-            .collect();
-    }
-    keys.chunks(args.batch)
-        .filter(|chunk| chunk.len() == args.batch)
-        .map(|chunk| {
-            let requests: Vec<VerifyRequest<'_>> = chunk.iter().map(request).collect();
-            let mut frame = Vec::new();
-            protocol::put_batch_frame(&mut frame, 0, &requests);
-            Template {
-                frame,
-                expected: chunk.iter().map(|k| k.expected).collect(),
-            }
-        })
-        .collect()
-}
-
-/// What one thread measured.
-struct ThreadResult {
-    histogram: Histogram<u64>,
-    by_status: [u64; Status::ALL.len()],
-    mismatches: u64,
-    first_mismatch: Option<String>,
-    requests: u64,
-}
-
-/// Live counters the progress line reads.
-struct Live {
-    requests: AtomicU64,
-    measuring: AtomicBool,
-    stop: AtomicBool,
 }
 
 fn run(args: Args) -> Result<bool, String> {
@@ -242,127 +348,99 @@ fn run(args: Args) -> Result<bool, String> {
     if matches!(args.op, Op::Issue | Op::Revoke | Op::Import) {
         return control::run(&args);
     }
-    let keys = match (&args.keys, args.op) {
-        (Some(path), Op::Verify) => {
-            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            keyset::read_key_file(std::io::BufReader::new(file))
-                .map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        _ => Vec::new(),
-    };
-    let keys = match args.tokens {
-        Some(count) => derive_tokens(args.server, &keys, count)?,
-        None => keys,
-    };
-    if args.op == Op::Verify && keys.len() < args.batch.max(1) {
-        return Err("the key file holds fewer credentials than one batch".into());
+    let requests = Arc::new(build_requests(&args)?);
+    if args.prepare {
+        return prepare::run(&args, &requests).map(|_| true);
     }
-    let templates = Arc::new(templates(&args, &keys));
-    let live = Arc::new(Live {
-        requests: AtomicU64::new(0),
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-    });
-    let per_credential = args.batch.max(1) as u64;
-
-    let mut handles = Vec::new();
-    for thread in 0..args.threads {
-        let connections =
-            args.connections / args.threads + usize::from(thread < args.connections % args.threads);
-        let cpu = (!args.cpus.is_empty()).then(|| args.cpus[thread % args.cpus.len()]);
-        let templates = templates.clone();
-        let live = live.clone();
-        let server = args.server;
-        let depth = args.depth;
-        let offset = thread * 7919;
-        handles.push(std::thread::spawn(move || {
-            if let Some(cpu) = cpu {
-                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-            }
-            drive(server, connections, depth, &templates, offset, &live)
-        }));
+    if args.sweep {
+        return sweep(&args, &requests);
     }
-
-    let started = Instant::now();
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let total = warmup + Duration::from_secs_f64(args.duration);
-    let mut last = (Instant::now(), 0u64);
-    let mut measured_from = None;
-    while started.elapsed() < total {
-        std::thread::sleep(Duration::from_millis(100).min(total.saturating_sub(started.elapsed())));
-        if measured_from.is_none() && started.elapsed() >= warmup {
-            live.requests.store(0, Ordering::Relaxed);
-            live.measuring.store(true, Ordering::Release);
-            measured_from = Some(Instant::now());
-            last = (Instant::now(), 0);
-        }
-        if handles.iter().all(|h| h.is_finished()) {
-            break;
-        }
-        if !args.quiet && last.0.elapsed() >= Duration::from_secs(1) {
-            let count = live.requests.load(Ordering::Relaxed);
-            let rate = (count - last.1) as f64 / last.0.elapsed().as_secs_f64();
-            let phase = if measured_from.is_some() {
-                ""
-            } else {
-                " (warm-up)"
-            };
-            eprintln!(
-                "[{:>5.1}s] {:>12} credentials/s{phase}",
-                started.elapsed().as_secs_f64(),
-                thousands((rate * per_credential as f64) as u64)
-            );
-            last = (Instant::now(), count);
-        }
-    }
-    live.stop.store(true, Ordering::Release);
-    let elapsed = measured_from.map_or(Duration::ZERO, |from| from.elapsed());
-
-    let mut histogram = new_histogram();
-    let mut by_status = [0u64; Status::ALL.len()];
-    let mut mismatches = 0;
-    let mut first_mismatch = None;
-    let mut requests = 0;
-    let mut per_thread = Vec::new();
-    for handle in handles {
-        let result = handle
-            .join()
-            .map_err(|_| "a client thread panicked".to_string())??;
-        histogram
-            .add(&result.histogram)
-            .map_err(|e| e.to_string())?;
-        for (total, count) in by_status.iter_mut().zip(result.by_status) {
-            *total += count;
-        }
-        mismatches += result.mismatches;
-        first_mismatch = first_mismatch.or(result.first_mismatch);
-        requests += result.requests;
-        per_thread.push(result.requests);
-    }
-    let report = Report {
-        args: &args,
-        elapsed,
-        requests,
-        credentials: requests
-            * if args.op == Op::Verify {
-                per_credential
-            } else {
-                0
-            },
-        histogram: &histogram,
-        by_status,
-        mismatches,
-        per_thread,
-    };
+    let outcome = measure(&args, &requests, args.rate, args.measured())?;
+    let settings = settings(&args, args.rate);
     if args.json {
-        println!("{}", report.json());
+        let mut report = outcome.json();
+        report["settings"] = settings;
+        println!("{report}");
     } else {
-        report.print();
+        outcome.print(&headline(&args, args.rate, outcome.seconds));
     }
-    if let Some(example) = first_mismatch {
-        eprintln!("keyward-loadgen: {mismatches} answers differed from the expected status; first: {example}");
+    if let Some(path) = &args.hgrm {
+        let mut file =
+            std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        report::write_hgrm(&outcome.histogram, &mut file)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(mismatches == 0)
+    if let Some(path) = &args.plot {
+        report::plot_percentiles(path, &plot_title(&args, args.rate), &outcome.histogram)?;
+    }
+    finish(&outcome.tally, outcome.unanswered)
+}
+
+/// Says what went wrong with the answers; true when nothing did.
+fn finish(tally: &Tally, unanswered: u64) -> Result<bool, String> {
+    if let Some(example) = &tally.first_mismatch {
+        eprintln!(
+            "keyward-loadgen: {} answers differed from the expected status; first: {example}",
+            tally.mismatches
+        );
+    }
+    if unanswered > 0 {
+        eprintln!(
+            "keyward-loadgen: {unanswered} measured requests were not answered within {} s of the end",
+            drive::DRAIN.as_secs()
+        );
+    }
+    Ok(tally.mismatches == 0 && unanswered == 0)
+}
+
+fn build_requests(args: &Args) -> Result<Requests, String> {
+    if args.op == Op::Ping {
+        return Ok(Requests::ping(args.protocol));
+    }
+    let path = args
+        .keys
+        .as_ref()
+        .expect("validated: --keys with --op verify");
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let keys = keyset::read_key_file(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if keys.is_empty() {
+        return Err(format!(
+            "{}: no credentials in the key file",
+            path.display()
+        ));
+    }
+    for key in &keys {
+        args.protocol.check_key(&key.credential)?;
+    }
+    let mix = match (&args.mix, args.tokens) {
+        (Some(text), _) => Some(Mix::parse(text)?),
+        (None, Some(_)) => Some(Mix(vec![(Kind::Derived, 1.0)])),
+        (None, None) => None,
+    };
+    if args.protocol != Protocol::Keyward && mix.as_ref().is_some_and(|m| m.has(Kind::Derived)) {
+        return Err("derived tokens exist only in keyward: drop `derived` from --mix".into());
+    }
+    let mut pools = match &mix {
+        Some(mix) => Pools::from_key_file(&keys, mix, args.seed)?,
+        None => Pools {
+            pools: vec![(Kind::Filed(Status::Valid), keys.clone())],
+        },
+    };
+    if mix.as_ref().is_some_and(|m| m.has(Kind::Derived)) {
+        let tokens = derive_tokens(args.server, &keys, args.tokens.unwrap_or(1000))?;
+        pools.set(Kind::Derived, tokens);
+    }
+    let shape = Shape {
+        protocol: args.protocol,
+        batch: args.batch,
+        mix: mix.as_ref(),
+        popularity: args.zipf.map_or(Popularity::Uniform, Popularity::Zipf),
+        scope: args.scope.as_deref(),
+        address: args.client_address,
+        seed: args.seed,
+    };
+    Requests::build(&pools, &shape)
 }
 
 /// Mints one derived token per valid key (up to `count`), each expected to verify as valid.
@@ -391,6 +469,8 @@ fn derive_tokens(
             protocol::DeriveResult::Minted { token, .. } => tokens.push(ExpectedKey {
                 credential: token,
                 expected: Status::Valid,
+                scopes: key.scopes.clone(),
+                allow: key.allow.clone(),
             }),
             protocol::DeriveResult::Refused { status, message } => {
                 return Err(format!("DERIVE refused ({status}): {message}"))
@@ -404,291 +484,317 @@ fn derive_tokens(
     Ok(tokens)
 }
 
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("static histogram bounds")
-}
-
-/// One connection's state inside a client thread.
-struct Connection {
-    stream: TcpStream,
-    input: Vec<u8>,
-    filled: usize,
-    /// Template index of each request in flight, in send order.
-    in_flight: Vec<usize>,
-}
-
-fn drive(
-    server: SocketAddr,
-    count: usize,
-    depth: usize,
-    templates: &[Template],
-    offset: usize,
-    live: &Live,
-) -> Result<ThreadResult, String> {
-    let mut connections = Vec::with_capacity(count);
-    for _ in 0..count {
-        let stream =
-            TcpStream::connect(server).map_err(|e| format!("cannot connect to {server}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        connections.push(Connection {
-            stream,
-            input: vec![0; 1 << 20],
-            filled: 0,
-            in_flight: Vec::with_capacity(depth),
-        });
-    }
-    let mut result = ThreadResult {
-        histogram: new_histogram(),
-        by_status: [0; Status::ALL.len()],
-        mismatches: 0,
-        first_mismatch: None,
-        requests: 0,
-    };
-    let mut next = offset % templates.len();
-    let mut output = Vec::with_capacity(depth * 128);
-    let mut request_id = 0u32;
-    while !live.stop.load(Ordering::Acquire) {
-        let measuring = live.measuring.load(Ordering::Acquire);
-        let sent_at = Instant::now();
-        for connection in &mut connections {
-            output.clear();
-            connection.in_flight.clear();
-            for _ in 0..depth {
-                let start = output.len();
-                output.extend_from_slice(&templates[next].frame);
-                request_id = request_id.wrapping_add(1);
-                output[start + 4..start + 8].copy_from_slice(&request_id.to_le_bytes());
-                connection.in_flight.push(next);
-                next = (next + 1) % templates.len();
-            }
-            connection
-                .stream
-                .write_all(&output)
-                .map_err(|e| format!("write: {e}"))?;
-        }
-        for connection in &mut connections {
-            for index in 0..connection.in_flight.len() {
-                let template = &templates[connection.in_flight[index]];
-                let (op, body) = read_frame(connection)?;
-                let latency = sent_at.elapsed().as_nanos() as u64;
-                check_answer(op, &body, template, measuring, &mut result)?;
-                if measuring {
-                    result
-                        .histogram
-                        .saturating_record(latency.clamp(1, LATENCY_NS_MAX));
-                    result.requests += 1;
-                }
-                consume(connection, body.len());
-            }
-        }
-        live.requests
-            .fetch_add((connections.len() * depth) as u64, Ordering::Relaxed);
-    }
-    Ok(result)
-}
-
-/// Reads until one whole frame is buffered; returns its opcode and body range length.
-fn read_frame(connection: &mut Connection) -> Result<(u8, Vec<u8>), String> {
-    loop {
-        match protocol::decode_frame(
-            &connection.input[..connection.filled],
-            protocol::BODY_BYTES_LIMIT,
-        ) {
-            Ok(Some(frame)) => return Ok((frame.header.opcode, frame.body.to_vec())),
-            Ok(None) => {}
-            Err(error) => return Err(format!("bad frame from server: {error}")),
-        }
-        if connection.filled == connection.input.len() {
-            connection.input.resize(connection.input.len() * 2, 0);
-        }
-        let read = connection
-            .stream
-            .read(&mut connection.input[connection.filled..])
-            .map_err(|e| format!("read: {e}"))?;
-        if read == 0 {
-            return Err("server closed the connection".into());
-        }
-        connection.filled += read;
-    }
-}
-
-fn consume(connection: &mut Connection, body_bytes: usize) {
-    let used = protocol::HEADER_BYTES + body_bytes;
-    connection.input.copy_within(used..connection.filled, 0);
-    connection.filled -= used;
-}
-
-fn check_answer(
-    op: u8,
-    body: &[u8],
-    template: &Template,
-    measuring: bool,
-    result: &mut ThreadResult,
-) -> Result<(), String> {
-    let record = |status: Status, expected: Status, result: &mut ThreadResult| {
-        if measuring {
-            result.by_status[status as usize] += 1;
-        }
-        if status != expected {
-            result.mismatches += 1;
-            result
-                .first_mismatch
-                .get_or_insert_with(|| format!("expected {expected}, got {status}"));
-        }
-    };
-    match op {
-        opcode::PONG => Ok(()),
-        opcode::VERIFY_RESULT => {
-            let status = status_at(body, 0).ok_or("bad VERIFY_RESULT body")?;
-            record(status, template.expected[0], result);
-            Ok(())
-        }
-        opcode::VERIFY_BATCH_RESULT => {
-            let results = protocol::parse_batch_result(body).map_err(|e| e.to_string())?;
-            for (answer, expected) in results.iter().zip(&template.expected) {
-                record(answer.status, *expected, result);
-            }
-            Ok(())
-        }
-        opcode::ERROR => Err(format!("server error: {:?}", protocol::parse_error(body))),
-        other => Err(format!("unexpected opcode {other:#04x}")),
-    }
-}
-
-fn status_at(body: &[u8], at: usize) -> Option<Status> {
-    Status::from_u8(*body.get(at)?)
-}
-
-struct Report<'a> {
-    args: &'a Args,
-    elapsed: Duration,
-    requests: u64,
-    credentials: u64,
-    histogram: &'a Histogram<u64>,
-    by_status: [u64; Status::ALL.len()],
-    mismatches: u64,
-    per_thread: Vec<u64>,
-}
-
-const PERCENTILES: [(&str, f64); 5] = [
-    ("p50", 50.0),
-    ("p90", 90.0),
-    ("p99", 99.0),
-    ("p99.9", 99.9),
-    ("p99.99", 99.99),
-];
-
-impl Report<'_> {
-    fn rate(&self, count: u64) -> f64 {
-        count as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn print(&self) {
-        let args = self.args;
-        println!(
-            "keyward-loadgen: {} against {}, {} connection(s) × depth {}{}, {} thread(s){}, {:.1} s measured",
-            args.op.name(),
-            args.server,
-            args.connections,
-            args.depth,
-            if args.batch > 0 { format!(" × batch {}", args.batch) } else { String::new() },
-            args.threads,
-            if args.cpus.is_empty() { String::new() } else { format!(" on CPU(s) {:?}", args.cpus) },
-            self.elapsed.as_secs_f64()
-        );
-        println!(
-            "requests     {} ({}/s)",
-            thousands(self.requests),
-            thousands(self.rate(self.requests) as u64)
-        );
-        if self.credentials > 0 && args.batch > 0 {
-            println!(
-                "credentials  {} ({}/s)",
-                thousands(self.credentials),
-                thousands(self.rate(self.credentials) as u64)
-            );
-        }
-        let mut line = String::from("latency     ");
-        for (name, q) in PERCENTILES {
-            line.push_str(&format!(
-                " {name} {}",
-                micros(self.histogram.value_at_percentile(q))
-            ));
-        }
-        line.push_str(&format!(" max {}", micros(self.histogram.max())));
-        println!("{line}");
-        if args.op == Op::Verify {
-            let statuses: Vec<String> = Status::ALL
-                .iter()
-                .zip(self.by_status)
-                .filter(|(_, n)| *n > 0)
-                .map(|(s, n)| format!("{s} {}", thousands(n)))
-                .collect();
-            println!("statuses     {}", statuses.join(", "));
-            println!("mismatches   {}", thousands(self.mismatches));
-        }
-        if self.per_thread.len() > 1 {
-            let spread: Vec<String> = self.per_thread.iter().map(|n| thousands(*n)).collect();
-            println!("per thread   {}", spread.join(" / "));
-        }
-    }
-
-    fn json(&self) -> String {
-        let percentiles: Vec<String> = PERCENTILES
+/// One measured run: spawns the threads, prints progress once a second, merges the results.
+fn measure(
+    args: &Args,
+    requests: &Arc<Requests>,
+    rate: Option<f64>,
+    duration: Duration,
+) -> Result<Outcome, String> {
+    let owned: Vec<usize> = (0..args.threads)
+        .map(|t| args.connections / args.threads + usize::from(t < args.connections % args.threads))
+        .collect();
+    let schedules = rate.map(|rate| Schedule::split(rate, &owned));
+    let plans: Vec<ThreadPlan> = owned
+        .iter()
+        .enumerate()
+        .map(|(thread, &connections)| ThreadPlan {
+            server: args.server,
+            protocol: args.protocol,
+            connections,
+            depth: args.depth,
+            schedule: schedules.as_ref().map(|s| s[thread]),
+            budget: args
+                .requests
+                .map(|total| (total * connections as u64).div_ceil(args.connections as u64)),
+            start: thread * requests.len() / args.threads,
+            cpu: (!args.cpus.is_empty()).then(|| args.cpus[thread % args.cpus.len()]),
+            warmup: Duration::from_secs_f64(args.warmup),
+            duration,
+        })
+        .collect();
+    let shared = Shared::new();
+    let barrier = Barrier::new(plans.len() + 1);
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = plans
             .iter()
-            .map(|(name, q)| {
-                format!(
-                    "\"{name}_us\":{:.3}",
-                    self.histogram.value_at_percentile(*q) as f64 / 1000.0
-                )
+            .map(|plan| {
+                let (requests, shared, barrier) = (&**requests, &shared, &barrier);
+                scope.spawn(move || drive::run_thread(plan, requests, shared, barrier))
             })
             .collect();
-        let statuses: Vec<String> = Status::ALL
-            .iter()
-            .zip(self.by_status)
-            .map(|(s, n)| format!("\"{s}\":{n}"))
-            .collect();
-        format!(
-            "{{\"op\":\"{:?}\",\"connections\":{},\"depth\":{},\"batch\":{},\"threads\":{},\"seconds\":{:.3},\"requests\":{},\"requests_per_sec\":{:.1},\"credentials_per_sec\":{:.1},{},\"max_us\":{:.3},\"statuses\":{{{}}},\"mismatches\":{}}}",
-            self.args.op,
-            self.args.connections,
-            self.args.depth,
-            self.args.batch,
-            self.args.threads,
-            self.elapsed.as_secs_f64(),
-            self.requests,
-            self.rate(self.requests),
-            self.rate(self.credentials),
-            percentiles.join(","),
-            self.histogram.max() as f64 / 1000.0,
-            statuses.join(","),
-            self.mismatches
-        )
-        .to_lowercase()
-    }
-}
-
-fn micros(nanos: u64) -> String {
-    if nanos >= 10_000_000 {
-        format!("{:.1}ms", nanos as f64 / 1e6)
-    } else {
-        format!("{:.1}µs", nanos as f64 / 1e3)
-    }
-}
-
-fn thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
+        barrier.wait();
+        let started = Instant::now();
+        let mut last = Instant::now();
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            if args.quiet || last.elapsed() < Duration::from_secs(1) {
+                continue;
+            }
+            let interval = shared
+                .interval
+                .lock()
+                .map(|mut h| {
+                    let copy = h.clone();
+                    h.reset();
+                    copy
+                })
+                .unwrap_or_else(|_| new_histogram());
+            let seconds = last.elapsed().as_secs_f64();
+            last = Instant::now();
+            let elapsed = started.elapsed();
+            let phase = if elapsed < warmup {
+                " (warm-up)"
+            } else if elapsed > warmup + duration {
+                " (draining)"
+            } else {
+                ""
+            };
+            eprintln!(
+                "[{:>6.1}s] {:>11} req/s  p50 {:>9}  p99 {:>9}  errors {}{phase}",
+                elapsed.as_secs_f64(),
+                thousands((interval.len() as f64 / seconds) as u64),
+                micros(interval.value_at_percentile(50.0)),
+                micros(interval.value_at_percentile(99.0)),
+                thousands(shared.errors.load(Ordering::Relaxed)),
+            );
         }
-        out.push(c);
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a client thread panicked".into()))
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut outcome = Outcome {
+        seconds: 0.0,
+        completed: 0,
+        credentials: requests.credentials,
+        histogram: new_histogram(),
+        tally: Tally::default(),
+        unanswered: 0,
+        unsent: 0,
+        per_thread: Vec::new(),
+        target_rate: rate,
+    };
+    // The first real error, not the "stopped because another thread failed" ones.
+    let mut failure = None;
+    for result in results {
+        match result {
+            Ok(result) => {
+                outcome
+                    .histogram
+                    .add(&result.histogram)
+                    .map_err(|e| e.to_string())?;
+                outcome.tally.add(&result.tally);
+                outcome.completed += result.completed;
+                outcome.unanswered += result.unanswered;
+                outcome.unsent += result.unsent;
+                outcome.seconds = outcome.seconds.max(result.sending.as_secs_f64());
+                outcome.per_thread.push(result.completed);
+            }
+            Err(error) => {
+                failure.get_or_insert(error);
+            }
+        }
     }
-    out
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(outcome),
+    }
+}
+
+/// The sweep: a closed-loop run finds the capacity, then open-loop steps at 1/N, 2/N … of it
+/// until the p99 bound breaks well past or the server falls behind.
+fn sweep(args: &Args, requests: &Arc<Requests>) -> Result<bool, String> {
+    let slo = args.slo_p99.expect("validated: --sweep needs --slo-p99");
+    let duration = args.measured();
+    if !args.quiet {
+        eprintln!("keyward-loadgen: sweep: closed-loop run to find the capacity");
+    }
+    let capacity = measure(args, requests, None, duration)?;
+    let mut tally = capacity.tally.clone();
+    let mut unanswered = capacity.unanswered;
+    let mut steps = Vec::new();
+    let mut best: Option<(f64, Outcome)> = None;
+    for step in 1..=args.sweep_steps + 2 {
+        let rate = capacity.rate() * step as f64 / args.sweep_steps as f64;
+        if rate <= 0.0 {
+            break;
+        }
+        if !args.quiet {
+            eprintln!(
+                "keyward-loadgen: sweep step {step}: {} requests/s",
+                thousands(rate as u64)
+            );
+        }
+        let outcome = measure(args, requests, Some(rate), duration)?;
+        tally.add(&outcome.tally);
+        unanswered += outcome.unanswered;
+        let p99 = outcome.percentile(99.0);
+        let held = outcome.rate() >= 0.95 * rate && outcome.unsent == 0;
+        let within = held && p99 <= slo.as_nanos() as u64 && outcome.errors() == 0;
+        let saturated = !held || p99 > 20 * slo.as_nanos() as u64;
+        if within && best.as_ref().is_none_or(|(r, _)| rate > *r) {
+            best = Some((rate, outcome.clone_summary()));
+        }
+        steps.push((rate, outcome, within));
+        if saturated {
+            break;
+        }
+    }
+    let best_rate = best.as_ref().map(|(rate, _)| *rate);
+    if args.json {
+        let rows: Vec<_> = steps
+            .iter()
+            .map(|(rate, outcome, within)| {
+                let mut row = outcome.json();
+                row["target_rate"] = json!(rate);
+                row["within_slo"] = json!(within);
+                row
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "settings": settings(args, None),
+                "slo_p99_us": slo.as_secs_f64() * 1e6,
+                "closed_loop": capacity.json(),
+                "steps": rows,
+                "best_rate": best_rate,
+            })
+        );
+    } else {
+        println!("{}", headline(args, None, duration.as_secs_f64()));
+        println!(
+            "closed-loop capacity {} requests/s (p50 {}, p99 {}); open-loop steps, p99 bound {}:",
+            thousands(capacity.rate() as u64),
+            micros(capacity.percentile(50.0)),
+            micros(capacity.percentile(99.0)),
+            micros(slo.as_nanos() as u64),
+        );
+        println!(
+            "{:>14} {:>14} {:>10} {:>10} {:>10} {:>10}  within",
+            "target/s", "achieved/s", "p50", "p99", "p99.9", "max"
+        );
+        for (rate, outcome, within) in &steps {
+            println!(
+                "{:>14} {:>14} {:>10} {:>10} {:>10} {:>10}  {}",
+                thousands(*rate as u64),
+                thousands(outcome.rate() as u64),
+                micros(outcome.percentile(50.0)),
+                micros(outcome.percentile(99.0)),
+                micros(outcome.percentile(99.9)),
+                micros(outcome.histogram.max()),
+                if *within { "yes" } else { "no" }
+            );
+        }
+        match best_rate {
+            Some(rate) => println!(
+                "highest rate with p99 ≤ {}: {} requests/s",
+                micros(slo.as_nanos() as u64),
+                thousands(rate as u64)
+            ),
+            None => println!(
+                "no step kept p99 ≤ {}: the bound is below this server's latency even at {} requests/s",
+                micros(slo.as_nanos() as u64),
+                thousands((capacity.rate() / args.sweep_steps as f64) as u64)
+            ),
+        }
+    }
+    if let (Some(path), Some((_, outcome))) = (&args.hgrm, &best) {
+        let mut file =
+            std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        report::write_hgrm(&outcome.histogram, &mut file)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let points: Vec<SweepPoint> = steps
+            .iter()
+            .map(|(_, o, _)| SweepPoint {
+                achieved: o.rate(),
+                p50_us: o.percentile(50.0) as f64 / 1e3,
+                p99_us: o.percentile(99.0) as f64 / 1e3,
+            })
+            .collect();
+        report::plot_sweep(
+            path,
+            &plot_title(args, None),
+            &points,
+            slo.as_secs_f64() * 1e6,
+        )?;
+    }
+    finish(&tally, unanswered)
+}
+
+impl Outcome {
+    fn clone_summary(&self) -> Outcome {
+        Outcome {
+            seconds: self.seconds,
+            completed: self.completed,
+            credentials: self.credentials,
+            histogram: self.histogram.clone(),
+            tally: self.tally.clone(),
+            unanswered: self.unanswered,
+            unsent: self.unsent,
+            per_thread: self.per_thread.clone(),
+            target_rate: self.target_rate,
+        }
+    }
+}
+
+fn settings(args: &Args, rate: Option<f64>) -> serde_json::Value {
+    json!({
+        "protocol": args.protocol.name(),
+        "server": args.server.to_string(),
+        "op": args.op.name(),
+        "connections": args.connections,
+        "depth": args.depth,
+        "batch": args.batch,
+        "threads": args.threads,
+        "cpus": args.cpus,
+        "rate": rate,
+        "mix": args.mix,
+        "zipf": args.zipf,
+        "warmup_seconds": args.warmup,
+    })
+}
+
+fn headline(args: &Args, rate: Option<f64>, seconds: f64) -> String {
+    let mode = match rate {
+        Some(rate) => format!("open loop at {} requests/s", thousands(rate as u64)),
+        None => "closed loop".to_string(),
+    };
+    format!(
+        "keyward-loadgen: {} over {} against {}, {} connection(s) × depth {}{}, {mode}, {} thread(s){}, {:.1} s measured after {:.1} s warm-up",
+        args.op.name(),
+        args.protocol.name(),
+        args.server,
+        args.connections,
+        args.depth,
+        if args.batch > 0 { format!(" × batch {}", args.batch) } else { String::new() },
+        args.threads,
+        if args.cpus.is_empty() { String::new() } else { format!(" on CPU(s) {:?}", args.cpus) },
+        seconds,
+        args.warmup,
+    )
+}
+
+fn plot_title(args: &Args, rate: Option<f64>) -> String {
+    format!(
+        "{} {} — {}×{}{}",
+        args.protocol.name(),
+        args.op.name(),
+        args.connections,
+        args.depth,
+        match (args.sweep, rate) {
+            (true, _) => " — rate sweep".to_string(),
+            (false, Some(rate)) => format!(" at {}/s", thousands(rate as u64)),
+            (false, None) => " closed loop".to_string(),
+        }
+    )
 }
 
 #[cfg(test)]
@@ -701,19 +807,12 @@ mod tests {
         Args::try_parse_from(all).unwrap()
     }
 
-    fn result() -> ThreadResult {
-        ThreadResult {
-            histogram: new_histogram(),
-            by_status: [0; Status::ALL.len()],
-            mismatches: 0,
-            first_mismatch: None,
-            requests: 0,
-        }
+    fn error(extra: &[&str]) -> String {
+        validate(&args(extra)).unwrap_err()
     }
 
     #[test]
     fn argument_bounds_give_clear_errors() {
-        let error = |extra: &[&str]| validate(&args(extra)).unwrap_err();
         assert!(error(&["--connections", "0", "--keys", "k"]).contains("--connections"));
         assert!(
             error(&["--threads", "4", "--connections", "2", "--keys", "k"]).contains("--threads")
@@ -721,107 +820,54 @@ mod tests {
         assert!(error(&["--batch", "300", "--keys", "k"]).contains("--batch"));
         assert!(error(&["--op", "ping", "--batch", "8"]).contains("--batch"));
         assert!(error(&[]).contains("keyward-ctl keys generate"));
+        assert!(error(&["--keys", "k", "--rate", "0"]).contains("--rate"));
+        assert!(error(&["--keys", "k", "--rate", "NaN"]).contains("--rate"));
+        assert!(error(&["--keys", "k", "--zipf=-1"]).contains("--zipf"));
+        assert!(error(&["--keys", "k", "--sweep"]).contains("--slo-p99"));
+        assert!(
+            error(&["--keys", "k", "--sweep", "--slo-p99", "1ms", "--rate", "5"])
+                .contains("--rate")
+        );
+        assert!(error(&["--keys", "k", "--prepare"]).contains("baseline"));
+        assert!(error(&["--keys", "k", "--protocol", "resp", "--scope", "a"]).contains("--scope"));
+        assert!(
+            error(&["--keys", "k", "--protocol", "memcache", "--batch", "4"]).contains("memcache")
+        );
+        assert!(error(&["--op", "issue", "--protocol", "resp"]).contains("keyward"));
+        assert!(error(&["--op", "issue", "--rate", "10"]).contains("--rate"));
+        assert!(error(&["--keys", "k", "--requests", "0"]).contains("--requests"));
+        assert!(error(&["--keys", "k", "--duration", "0"]).contains("--duration"));
         assert!(validate(&args(&["--op", "ping"])).is_ok());
         assert!(validate(&args(&["--op", "import", "--batch", "1000"])).is_ok());
+        assert!(validate(&args(&["--keys", "k", "--protocol", "resp", "--prepare"])).is_ok());
+        assert!(validate(&args(&["--keys", "k", "--sweep", "--slo-p99", "500us"])).is_ok());
         assert!(Args::try_parse_from(["keyward-loadgen", "--op", "fly"]).is_err());
+        assert!(Args::try_parse_from(["keyward-loadgen", "--slo-p99", "1"]).is_err());
     }
 
     #[test]
-    fn answers_are_checked_against_the_expected_status() {
-        let template = Template {
-            frame: Vec::new(),
-            expected: vec![Status::Revoked],
-        };
-        let mut counted = result();
-        check_answer(
-            opcode::VERIFY_RESULT,
-            &[Status::Revoked as u8],
-            &template,
-            true,
-            &mut counted,
-        )
-        .unwrap();
-        assert_eq!(
-            (
-                counted.mismatches,
-                counted.by_status[Status::Revoked as usize]
-            ),
-            (0, 1)
-        );
-        check_answer(
-            opcode::VERIFY_RESULT,
-            &[Status::Valid as u8, 0],
-            &template,
-            true,
-            &mut counted,
-        )
-        .unwrap();
-        assert_eq!(counted.mismatches, 1);
-        assert_eq!(
-            counted.first_mismatch.as_deref(),
-            Some("expected revoked, got valid")
-        );
-        // During warm-up statuses are not counted, but a wrong answer still is.
-        check_answer(
-            opcode::VERIFY_RESULT,
-            &[Status::Unknown as u8],
-            &template,
-            false,
-            &mut counted,
-        )
-        .unwrap();
-        assert_eq!(
-            (
-                counted.mismatches,
-                counted.by_status[Status::Unknown as usize]
-            ),
-            (2, 0)
-        );
-        assert!(check_answer(opcode::VERIFY_RESULT, &[], &template, true, &mut counted).is_err());
-        assert!(check_answer(opcode::ERROR, &[5, 0, 0], &template, true, &mut counted).is_err());
-    }
-
-    #[test]
-    fn batch_answers_are_checked_item_by_item() {
-        let template = Template {
-            frame: Vec::new(),
-            expected: vec![Status::Valid, Status::Expired],
-        };
-        let mut body = 2u16.to_le_bytes().to_vec();
-        body.push(Status::Unknown as u8);
-        body.push(Status::Expired as u8);
-        let mut counted = result();
-        check_answer(
-            opcode::VERIFY_BATCH_RESULT,
-            &body,
-            &template,
-            true,
-            &mut counted,
-        )
-        .unwrap();
-        assert_eq!(counted.mismatches, 1);
-        assert_eq!(counted.by_status[Status::Expired as usize], 1);
-    }
-
-    #[test]
-    fn thread_histograms_merge() {
-        let mut first = new_histogram();
-        let mut second = new_histogram();
-        for value in [1_000, 2_000, 3_000] {
-            first.record(value).unwrap();
+    fn times_parse_with_units() {
+        assert_eq!(parse_time("1ms").unwrap(), Duration::from_millis(1));
+        assert_eq!(parse_time("500us").unwrap(), Duration::from_micros(500));
+        assert_eq!(parse_time("250µs").unwrap(), Duration::from_micros(250));
+        assert_eq!(parse_time("1.5ms").unwrap(), Duration::from_micros(1500));
+        assert_eq!(parse_time("2s").unwrap(), Duration::from_secs(2));
+        for bad in ["1", "ms", "0ms", "-1ms", "1 hour", "1e9s"] {
+            assert!(parse_time(bad).is_err(), "{bad}");
         }
-        second.record(1_000_000).unwrap();
-        first.add(&second).unwrap();
-        assert_eq!(first.len(), 4);
-        assert!(first.max() >= 1_000_000 && first.max() < 1_001_000);
     }
 
     #[test]
-    fn numbers_print_for_people() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-        assert_eq!(micros(46_400), "46.4µs");
-        assert_eq!(micros(12_500_000), "12.5ms");
+    fn duration_defaults_depend_on_the_request_bound() {
+        assert_eq!(args(&[]).measured(), Duration::from_secs(10));
+        assert_eq!(
+            args(&["--duration", "2.5"]).measured(),
+            Duration::from_millis(2500)
+        );
+        assert!(args(&["--requests", "10"]).measured() > Duration::from_secs(3600));
+        assert_eq!(
+            args(&["--requests", "10", "--duration", "1"]).measured(),
+            Duration::from_secs(1)
+        );
     }
 }
