@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::wire::{self, Protocol, Tally};
-use crate::workload::Requests;
+use keyward_loadgen::wire::{self, Protocol, Tally};
+use keyward_loadgen::workload::Requests;
 
 /// Latencies above this are clamped into the histogram's last bucket.
 pub const LATENCY_NS_MAX: u64 = 3_600_000_000_000;

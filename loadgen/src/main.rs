@@ -25,13 +25,11 @@ mod control;
 mod drive;
 mod prepare;
 mod report;
-mod wire;
-mod workload;
 
 use drive::{new_histogram, Schedule, Shared, ThreadPlan};
+use keyward_loadgen::wire::{Protocol, Tally};
+use keyward_loadgen::workload::{Kind, Mix, Pools, Popularity, Requests, Shape};
 use report::{micros, thousands, Outcome, SweepPoint};
-use wire::{Protocol, Tally};
-use workload::{Kind, Mix, Pools, Popularity, Requests, Shape};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -633,10 +631,7 @@ fn sweep(args: &Args, requests: &Arc<Requests>) -> Result<bool, String> {
         let outcome = measure(args, requests, Some(rate), duration)?;
         tally.add(&outcome.tally);
         unanswered += outcome.unanswered;
-        let p99 = outcome.percentile(99.0);
-        let held = outcome.rate() >= 0.95 * rate && outcome.unsent == 0;
-        let within = held && p99 <= slo.as_nanos() as u64 && outcome.errors() == 0;
-        let saturated = !held || p99 > 20 * slo.as_nanos() as u64;
+        let Verdict { within, saturated } = judge_step(rate, &outcome, slo);
         if within && best.as_ref().is_none_or(|(r, _)| rate > *r) {
             best = Some((rate, outcome.clone_summary()));
         }
@@ -727,6 +722,26 @@ fn sweep(args: &Args, requests: &Arc<Requests>) -> Result<bool, String> {
         )?;
     }
     finish(&tally, unanswered)
+}
+
+/// How one sweep step went.
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    /// The server held the rate (≥ 95 %, nothing left unsent), with no errors and p99 within
+    /// the bound.
+    within: bool,
+    /// The server fell behind, or p99 passed 20× the bound: no point in going higher.
+    saturated: bool,
+}
+
+fn judge_step(rate: f64, outcome: &Outcome, slo: Duration) -> Verdict {
+    let p99 = outcome.percentile(99.0);
+    let bound = slo.as_nanos() as u64;
+    let held = outcome.rate() >= 0.95 * rate && outcome.unsent == 0;
+    Verdict {
+        within: held && p99 <= bound && outcome.errors() == 0,
+        saturated: !held || p99 > bound.saturating_mul(20),
+    }
 }
 
 impl Outcome {
@@ -843,6 +858,75 @@ mod tests {
         assert!(validate(&args(&["--keys", "k", "--sweep", "--slo-p99", "500us"])).is_ok());
         assert!(Args::try_parse_from(["keyward-loadgen", "--op", "fly"]).is_err());
         assert!(Args::try_parse_from(["keyward-loadgen", "--slo-p99", "1"]).is_err());
+    }
+
+    #[test]
+    fn sweep_steps_are_judged_on_rate_latency_and_errors() {
+        let outcome = |completed: u64, p99_us: u64, unsent: u64, mismatches: u64| {
+            let mut histogram = new_histogram();
+            histogram.record_n(p99_us * 1000, 100).unwrap();
+            let tally = Tally {
+                mismatches,
+                ..Tally::default()
+            };
+            Outcome {
+                seconds: 1.0,
+                completed,
+                credentials: 1,
+                histogram,
+                tally,
+                unanswered: 0,
+                unsent,
+                per_thread: vec![completed],
+                target_rate: Some(1000.0),
+            }
+        };
+        let slo = Duration::from_millis(1);
+        let verdict = |o: &Outcome| judge_step(1000.0, o, slo);
+        let fine = Verdict {
+            within: true,
+            saturated: false,
+        };
+        assert_eq!(verdict(&outcome(1000, 500, 0, 0)), fine);
+        assert_eq!(verdict(&outcome(960, 500, 0, 0)), fine);
+        // Over the bound but not far: keep stepping.
+        assert_eq!(
+            verdict(&outcome(1000, 5_000, 0, 0)),
+            Verdict {
+                within: false,
+                saturated: false
+            }
+        );
+        assert_eq!(
+            verdict(&outcome(1000, 50_000, 0, 0)),
+            Verdict {
+                within: false,
+                saturated: true
+            }
+        );
+        // Fell behind, or left requests unsent: saturated.
+        assert_eq!(
+            verdict(&outcome(900, 500, 0, 0)),
+            Verdict {
+                within: false,
+                saturated: true
+            }
+        );
+        assert_eq!(
+            verdict(&outcome(1000, 500, 3, 0)),
+            Verdict {
+                within: false,
+                saturated: true
+            }
+        );
+        // Wrong answers never count as within.
+        assert_eq!(
+            verdict(&outcome(1000, 500, 0, 1)),
+            Verdict {
+                within: false,
+                saturated: false
+            }
+        );
     }
 
     #[test]

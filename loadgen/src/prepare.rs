@@ -8,9 +8,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::report::thousands;
-use crate::wire::{self, Answer};
-use crate::workload::Requests;
 use crate::Args;
+use keyward_loadgen::wire::{self, Answer};
+use keyward_loadgen::workload::Requests;
 
 const CHUNK: usize = 1000;
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use keyward::protocol::Status;
 
-use crate::wire::Tally;
+use keyward_loadgen::wire::Tally;
 
 /// What one measured run produced, all threads merged.
 pub struct Outcome {

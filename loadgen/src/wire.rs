@@ -322,7 +322,7 @@ fn number(text: &[u8]) -> Result<i64, String> {
 }
 
 /// A complete item at the start of a buffer: the bytes it took and what it holds.
-type Parsed<T> = Result<Option<(usize, T)>, String>;
+pub type Parsed<T> = Result<Option<(usize, T)>, String>;
 
 /// A RESP bulk string at the start of `buffer` (`$-1` is nil).
 fn resp_bulk(buffer: &[u8]) -> Parsed<Option<&[u8]>> {

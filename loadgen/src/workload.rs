@@ -209,6 +209,11 @@ impl Requests {
         self.ends.len()
     }
 
+    /// Never true once built: every sequence holds at least one request.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
     pub fn frame(&self, index: usize) -> &[u8] {
         let start = if index == 0 { 0 } else { self.ends[index - 1] };
         &self.bytes[start..self.ends[index]]

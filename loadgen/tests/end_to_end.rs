@@ -288,10 +288,25 @@ fn a_sweep_reports_steps_and_the_best_rate() {
     );
     let steps = sweep["steps"].as_array().unwrap();
     assert!(!steps.is_empty(), "{sweep}");
-    assert!(sweep["closed_loop"]["requests_per_sec"].as_f64().unwrap() > 0.0);
-    // With a 10 s bound the first step (half the capacity) is within it.
-    assert_eq!(steps[0]["within_slo"], true, "{sweep}");
-    assert!(sweep["best_rate"].as_f64().unwrap() > 0.0);
+    let capacity = sweep["closed_loop"]["requests_per_sec"].as_f64().unwrap();
+    assert!(capacity > 0.0);
+    // Steps at 1/2, 2/2 … of the closed-loop capacity, each judged against the bound.
+    for (index, step) in steps.iter().enumerate() {
+        let target = step["target_rate"].as_f64().unwrap();
+        assert!(
+            (target - capacity * (index + 1) as f64 / 2.0).abs() < 1.0,
+            "{sweep}"
+        );
+        assert!(step["within_slo"].is_boolean());
+    }
+    let best = &sweep["best_rate"];
+    assert!(
+        best.is_null()
+            || steps
+                .iter()
+                .any(|s| s["within_slo"] == true && &s["target_rate"] == best),
+        "{sweep}"
+    );
 }
 
 #[test]
