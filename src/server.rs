@@ -160,6 +160,7 @@ pub fn run(
         connections_max: config.connections_per_shard_max,
         frame_body_bytes_max: config.frame_body_bytes_max,
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        read_poll: Duration::from_micros(config.spin_before_park_us),
     };
     let mut handles = Vec::with_capacity(cpus.len());
     for (index, ((cpu, listener), link)) in
@@ -174,6 +175,9 @@ pub fn run(
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("keyward-shard-{index}"))
             .spin_before_park(Duration::from_micros(config.spin_before_park_us))
+            // Connections that keep polling their sockets (shard::read_soon) keep the task queue
+            // busy; this bounds how long io_uring completions, timers and deltas wait meanwhile.
+            .preempt_timer(Duration::from_micros(config.io_check_interval_us))
             .io_memory(config.io_memory_bytes);
         let handle = builder
             .spawn(move || {
