@@ -2,7 +2,9 @@
 //! keeps them busy in one of two ways:
 //!
 //! - closed loop: every connection always has `depth` requests in flight; an answer makes room
-//!   for the next request at once. Latency runs from the request's write.
+//!   for the next request at once (or, with `refill_whole`, the next `depth` requests go out
+//!   together once all answers are in, as redis-benchmark's `-P` does). Latency runs from the
+//!   request's write.
 //! - open loop: requests are due on a fixed schedule ([`Schedule`]) whatever the server does.
 //!   A due request goes to the next connection with fewer than `depth` in flight; when none has
 //!   room it waits, and its latency still runs from the moment it was due. A server that falls
@@ -82,6 +84,9 @@ pub struct ThreadPlan {
     pub protocol: Protocol,
     pub connections: usize,
     pub depth: usize,
+    /// Closed loop: send a connection's next `depth` requests only once all its answers are in
+    /// (redis-benchmark's `-P`), instead of one new request per answer.
+    pub refill_whole: bool,
     pub schedule: Option<Schedule>,
     /// Most measured requests this thread sends.
     pub budget: Option<u64>,
@@ -297,6 +302,9 @@ fn drive(
             match &plan.schedule {
                 None => {
                     for connection in &mut connections {
+                        if plan.refill_whole && !connection.in_flight.is_empty() {
+                            continue;
+                        }
                         while connection.in_flight.len() < plan.depth && budget > 0 {
                             budget -= enqueue(connection, now);
                         }

@@ -70,6 +70,11 @@ pub struct Args {
     /// open loop.
     #[arg(long, default_value_t = 1, value_name = "N")]
     depth: usize,
+    /// Closed loop: how a connection refills its pipeline: `each` sends a new request per answer
+    /// (the pipeline stays full), `whole` sends the next --depth requests together once all
+    /// answers are in (redis-benchmark's -P and memtier's --pipeline behave so).
+    #[arg(long, value_enum, default_value_t = Refill::Each)]
+    refill: Refill,
     /// Open loop: requests per second in all, sent on a fixed schedule.
     #[arg(long, value_name = "PER_SEC")]
     rate: Option<f64>,
@@ -151,6 +156,12 @@ pub struct Args {
     /// Control operations: each client waits this long before each request (light steady load).
     #[arg(long, value_name = "MS")]
     pace_ms: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Refill {
+    Each,
+    Whole,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -282,6 +293,10 @@ fn validate(args: &Args) -> Result<(), String> {
     check(
         args.warmup >= 0.0 && args.warmup <= DURATION_SECS_MAX,
         "--warmup must be 0 to a day",
+    )?;
+    check(
+        args.refill == Refill::Each || (args.rate.is_none() && !args.sweep),
+        "--refill applies to the closed loop; open loop sends on its schedule",
     )?;
     check(
         args.requests.is_none_or(|n| n > 0),
@@ -501,6 +516,7 @@ fn measure(
             protocol: args.protocol,
             connections,
             depth: args.depth,
+            refill_whole: args.refill == Refill::Whole,
             schedule: schedules.as_ref().map(|s| s[thread]),
             budget: args
                 .requests
@@ -767,6 +783,7 @@ fn settings(args: &Args, rate: Option<f64>) -> serde_json::Value {
         "op": args.op.name(),
         "connections": args.connections,
         "depth": args.depth,
+        "refill": format!("{:?}", args.refill).to_lowercase(),
         "batch": args.batch,
         "threads": args.threads,
         "cpus": args.cpus,
@@ -851,6 +868,7 @@ mod tests {
         assert!(error(&["--op", "issue", "--protocol", "resp"]).contains("keyward"));
         assert!(error(&["--op", "issue", "--rate", "10"]).contains("--rate"));
         assert!(error(&["--keys", "k", "--requests", "0"]).contains("--requests"));
+        assert!(error(&["--keys", "k", "--refill", "whole", "--rate", "9"]).contains("--refill"));
         assert!(error(&["--keys", "k", "--duration", "0"]).contains("--duration"));
         assert!(validate(&args(&["--op", "ping"])).is_ok());
         assert!(validate(&args(&["--op", "import", "--batch", "1000"])).is_ok());

@@ -93,7 +93,9 @@ impl Mix {
 /// How often each key of a pool is picked.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Popularity {
-    /// Every key equally often (walked in key-file order when there is no mix).
+    /// Every key equally likely, drawn at random. (Not walked in file order: a store whose
+    /// records were loaded in that order would find them neighbours in memory, which flatters
+    /// it by 10–25 % measured on Redis.)
     Uniform,
     /// Zipf with this exponent: rank k is picked with weight 1/k^s.
     Zipf(f64),
@@ -289,7 +291,6 @@ impl Requests {
 }
 
 /// Picks `count` (pool, item) pairs: the kind by the mix's weights, the item by popularity.
-/// Without a mix (one pool) and uniform popularity, walks the file in order.
 pub fn pick_sequence(
     pools: &Pools,
     shape: &Shape<'_>,
@@ -319,7 +320,6 @@ pub fn pick_sequence(
             _ => Ok(None),
         })
         .collect::<Result<_, _>>()?;
-    let mut cursors = vec![0usize; pools.pools.len()];
     let mut picks = Vec::with_capacity(count);
     for _ in 0..count {
         let pool = if pools.pools.len() == 1 {
@@ -345,12 +345,7 @@ pub fn pick_sequence(
         }
         let item = match (&zipfs[pool], shape.mix) {
             (Some(zipf), _) => (zipf.sample(rng) as usize).clamp(1, size) - 1,
-            (None, None) => {
-                let item = cursors[pool] % size;
-                cursors[pool] += 1;
-                item
-            }
-            (None, Some(_)) => rng.random_range(0..size),
+            (None, _) => rng.random_range(0..size),
         };
         picks.push((pool, item));
     }
@@ -459,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn zipf_makes_the_first_keys_hot_and_uniform_walks_the_file() {
+    fn zipf_makes_the_first_keys_hot_and_uniform_spreads_evenly() {
         let keys = file();
         let pools = Pools {
             pools: vec![(Kind::Filed(Status::Valid), keys.clone())],
@@ -475,9 +470,17 @@ mod tests {
         let hottest = zipf.iter().filter(|(_, i)| *i == 0).count();
         let coldest = zipf.iter().filter(|(_, i)| *i == 99).count();
         assert!(hottest > 10 * coldest.max(1), "{hottest} vs {coldest}");
-        let walk = pick_sequence(&pools, &shape(None, Popularity::Uniform), 250, &mut rng).unwrap();
-        assert_eq!(walk[0], (0, 0));
-        assert_eq!(walk[101], (0, 1));
+        let uniform =
+            pick_sequence(&pools, &shape(None, Popularity::Uniform), 100_000, &mut rng).unwrap();
+        let mut counts = [0u32; 100];
+        for (_, item) in &uniform {
+            counts[*item] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (800..1200).contains(&n)),
+            "{counts:?}"
+        );
+        assert_ne!(uniform[..3], [(0, 0), (0, 1), (0, 2)], "not in file order");
         assert!(pick_sequence(&pools, &shape(None, Popularity::Zipf(-1.0)), 1, &mut rng).is_err());
     }
 
