@@ -31,9 +31,6 @@ pub struct ServerConfig {
     pub idle_timeout_ms: u64,
     /// How long an idle shard spins before it parks in the kernel: trades idle CPU for latency.
     pub spin_before_park_us: u64,
-    /// Longest a busy shard runs ready connections before it checks io_uring for completions,
-    /// timers and control-plane messages.
-    pub io_check_interval_us: u64,
     /// Kernel accept backlog per shard.
     pub listen_backlog: u32,
     /// Memory each shard registers with io_uring for its buffers.
@@ -72,7 +69,6 @@ impl Default for ServerConfig {
             frame_body_bytes_max: protocol::BODY_BYTES_DEFAULT,
             idle_timeout_ms: 300_000,
             spin_before_park_us: 200,
-            io_check_interval_us: 500,
             listen_backlog: 1024,
             io_memory_bytes: 256 * 1024,
             compact_changes_max: 100_000,
@@ -155,12 +151,6 @@ impl ServerConfig {
             self.spin_before_park_us,
             0,
             SPIN_BEFORE_PARK_US_MAX,
-        )?;
-        range(
-            "io_check_interval_us",
-            self.io_check_interval_us,
-            50,
-            100_000,
         )?;
         range("listen_backlog", self.listen_backlog, 1, 65535)?;
         range(

@@ -279,6 +279,33 @@ fn parse_body(prefix: &[u8], body: &[u8]) -> Result<(KeyId, Secret), CredentialE
     Ok((KeyId(key_id), Secret(secret)))
 }
 
+/// The key id a native-looking credential names, read from its first 16 characters without
+/// checking the prefix, the rest or the checksum: a hint for prefetching the table, never a
+/// decision. `None` when those characters are not base32.
+#[inline]
+pub fn peek_key_id(text: &[u8]) -> Option<KeyId> {
+    let split = text
+        .iter()
+        .take(PREFIX_BYTES_MAX + 1)
+        .position(|&b| b == b'_')?;
+    let chars = text.get(split + 1..split + 17)?;
+    let mut bytes = [0u8; 10];
+    for (group, chars) in bytes.chunks_exact_mut(5).zip(chars.chunks_exact(8)) {
+        let mut word = 0u64;
+        for &c in chars {
+            let value = DECODE[c as usize];
+            if value == INVALID {
+                return None;
+            }
+            word = (word << 5) | u64::from(value);
+        }
+        for (i, b) in group.iter_mut().enumerate() {
+            *b = (word >> (32 - i * 8)) as u8;
+        }
+    }
+    Some(KeyId(u64::from_be_bytes(bytes[1..9].try_into().unwrap())))
+}
+
 /// True when `text` would be taken for a native credential (so it cannot be imported).
 pub fn claims_native_prefix(text: &[u8], prefixes: &Prefixes) -> bool {
     !matches!(parse(text, prefixes), Parsed::Other)

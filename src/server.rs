@@ -175,9 +175,6 @@ pub fn run(
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("keyward-shard-{index}"))
             .spin_before_park(Duration::from_micros(config.spin_before_park_us))
-            // Connections that keep polling their sockets (shard::read_soon) keep the task queue
-            // busy; this bounds how long io_uring completions, timers and deltas wait meanwhile.
-            .preempt_timer(Duration::from_micros(config.io_check_interval_us))
             .io_memory(config.io_memory_bytes);
         let handle = builder
             .spawn(move || {

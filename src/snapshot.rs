@@ -498,6 +498,27 @@ impl Snapshot {
         body.records.get(slot as usize)
     }
 
+    /// Asks the CPU to start loading the hash slot where `id` would be found. A hint only: it
+    /// changes nothing and cannot fault.
+    #[inline]
+    pub fn prefetch_slot(&self, id: KeyId) {
+        let slots = &self.body().id_slots;
+        let at = slot_hash(id.0) as usize & slots.len().wrapping_sub(1);
+        if let Some(slot) = slots.get(at) {
+            prefetch(slot as *const ArchivedSlot as *const u8, 1);
+        }
+    }
+
+    /// Asks the CPU to start loading `id`'s record (its slot should be cached by now, see
+    /// [`Snapshot::prefetch_slot`]).
+    #[inline]
+    pub fn prefetch_record(&self, id: KeyId) {
+        if let Some(record) = self.find(id) {
+            let lines = std::mem::size_of::<ArchivedStoredRecord>().div_ceil(64);
+            prefetch(record as *const ArchivedStoredRecord as *const u8, lines);
+        }
+    }
+
     /// Finds an imported key's record by the fingerprint of its keyed hash.
     #[inline]
     pub fn find_fingerprint(&self, hash: &SecretHash) -> Option<&ArchivedStoredRecord> {
@@ -577,6 +598,24 @@ impl Snapshot {
             idempotency_key: stored.idempotency_key.as_str().to_string(),
         }
     }
+}
+
+/// Prefetches `lines` cache lines from `at` (no-op where the CPU offers no hint).
+#[inline]
+fn prefetch(at: *const u8, lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in 0..lines {
+        // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program,
+        // whatever the address; `wrapping_add` keeps the pointer arithmetic defined.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                at.wrapping_add(line * 64) as *const i8,
+                std::arch::x86_64::_MM_HINT_T0,
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, lines);
 }
 
 #[inline]

@@ -244,9 +244,8 @@ impl Requests {
         let mut rng = SmallRng::seed_from_u64(shape.seed);
         let batch = shape.batch.max(1);
         let available: usize = pools.pools.iter().map(|(_, p)| p.len()).sum();
-        let credentials = available
-            .clamp(SEQUENCE_REQUESTS_MIN * batch, SEQUENCE_CREDENTIALS_MAX)
-            .max(batch);
+        let fewest = (SEQUENCE_REQUESTS_MIN * batch).min(SEQUENCE_CREDENTIALS_MAX);
+        let credentials = available.clamp(fewest, SEQUENCE_CREDENTIALS_MAX).max(batch);
         let picks = pick_sequence(pools, shape, credentials, &mut rng)?;
         let mut requests = Requests {
             bytes: Vec::with_capacity(credentials * 100 / batch.max(1) + 64),
@@ -482,6 +481,22 @@ mod tests {
         );
         assert_ne!(uniform[..3], [(0, 0), (0, 1), (0, 2)], "not in file order");
         assert!(pick_sequence(&pools, &shape(None, Popularity::Zipf(-1.0)), 1, &mut rng).is_err());
+    }
+
+    #[test]
+    fn batches_of_any_size_build() {
+        let keys = file();
+        let pools = Pools {
+            pools: vec![(Kind::Filed(Status::Valid), keys)],
+        };
+        for batch in [1, 16, 64, 256] {
+            let mut batched = shape(None, Popularity::Uniform);
+            batched.batch = batch;
+            let requests = Requests::build(&pools, &batched).unwrap();
+            assert!(!requests.is_empty());
+            assert_eq!(requests.expected(0).len(), batch);
+            assert!(requests.len() * batch <= SEQUENCE_CREDENTIALS_MAX);
+        }
     }
 
     #[test]
