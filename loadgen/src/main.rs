@@ -743,7 +743,7 @@ fn sweep(args: &Args, requests: &Arc<Requests>) -> Result<bool, String> {
 /// How one sweep step went.
 #[derive(Debug, PartialEq, Eq)]
 struct Verdict {
-    /// The server held the rate (≥ 95 %, nothing left unsent), with no errors and p99 within
+    /// The server held the rate (≥ 95 %, under 1 % left unsent), with no errors and p99 within
     /// the bound.
     within: bool,
     /// The server fell behind, or p99 passed 20× the bound: no point in going higher.
@@ -753,7 +753,10 @@ struct Verdict {
 fn judge_step(rate: f64, outcome: &Outcome, slo: Duration) -> Verdict {
     let p99 = outcome.percentile(99.0);
     let bound = slo.as_nanos() as u64;
-    let held = outcome.rate() >= 0.95 * rate && outcome.unsent == 0;
+    // A few requests due in the window's last instant may go unsent when it closes; more than
+    // 1 % of the window's requests means the client could not send them in time.
+    let held =
+        outcome.rate() >= 0.95 * rate && (outcome.unsent as f64) <= 0.01 * rate * outcome.seconds;
     Verdict {
         within: held && p99 <= bound && outcome.errors() == 0,
         saturated: !held || p99 > bound.saturating_mul(20),
@@ -931,12 +934,14 @@ mod tests {
             }
         );
         assert_eq!(
-            verdict(&outcome(1000, 500, 3, 0)),
+            verdict(&outcome(1000, 500, 30, 0)),
             Verdict {
                 within: false,
                 saturated: true
             }
         );
+        // A handful unsent as the window closes is not falling behind.
+        assert_eq!(verdict(&outcome(1000, 500, 3, 0)), fine);
         // Wrong answers never count as within.
         assert_eq!(
             verdict(&outcome(1000, 500, 0, 1)),
