@@ -5,6 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 use hdrhistogram::Histogram;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
@@ -201,6 +203,26 @@ pub struct SweepPoint {
     pub p99_us: f64,
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A white 900×540 chart with a caption and room for axis labels, x in 0..x_max, y in 0..y_max.
+fn chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    x_max: f64,
+    y_max: f64,
+) -> Result<Chart<'a, 'b>, String> {
+    area.fill(&WHITE).map_err(|e| e.to_string())?;
+    ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .margin_right(48)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| e.to_string())
+}
+
 /// Latency by percentile, x on the usual 1/(1-p) log scale.
 pub fn plot_percentiles(
     path: &Path,
@@ -219,15 +241,7 @@ pub fn plot_percentiles(
     let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let error = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let area = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    area.fill(&WHITE).map_err(|e| error(&e))?;
-    let mut chart = ChartBuilder::on(&area)
-        .caption(title, ("sans-serif", 20))
-        .margin(16)
-        .margin_right(48)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(|e| error(&e))?;
+    let mut chart = chart(&area, title, x_max, y_max).map_err(|e| error(&e))?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -258,15 +272,7 @@ pub fn plot_sweep(
         * 1.1;
     let error = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let area = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    area.fill(&WHITE).map_err(|e| error(&e))?;
-    let mut chart = ChartBuilder::on(&area)
-        .caption(title, ("sans-serif", 20))
-        .margin(16)
-        .margin_right(48)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(|e| error(&e))?;
+    let mut chart = chart(&area, title, x_max, y_max).map_err(|e| error(&e))?;
     chart
         .configure_mesh()
         .x_desc("achieved throughput (requests/s)")

@@ -322,6 +322,10 @@ fn bad_arguments_are_refused_with_the_reason() {
 
 // ---- baselines ----
 
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
 /// A free loopback port (bound, then released for the server to take).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -449,7 +453,7 @@ fn key_file() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn resp_baseline_against_redis() {
     let port = free_port();
-    let args: Vec<String> = [
+    let args = strings(&[
         "--port",
         &port.to_string(),
         "--bind",
@@ -458,10 +462,7 @@ fn resp_baseline_against_redis() {
         "",
         "--appendonly",
         "no",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let Some(_redis) = baseline("redis-server", &args, port) else {
         return;
     };
@@ -494,7 +495,7 @@ fn resp_baseline_against_redis() {
 #[test]
 fn memcache_baseline_against_memcached() {
     let port = free_port();
-    let args: Vec<String> = [
+    let args = strings(&[
         "-p",
         &port.to_string(),
         "-l",
@@ -505,10 +506,7 @@ fn memcache_baseline_against_memcached() {
         "1",
         "-u",
         "root",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let Some(_memcached) = baseline("memcached", &args, port) else {
         return;
     };
