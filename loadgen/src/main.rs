@@ -72,7 +72,7 @@ pub struct Args {
     depth: usize,
     /// Closed loop: how a connection refills its pipeline: `each` sends a new request per answer
     /// (the pipeline stays full), `whole` sends the next --depth requests together once all
-    /// answers are in (redis-benchmark's -P and memtier's --pipeline behave so).
+    /// answers are in (as redis-benchmark's -P does).
     #[arg(long, value_enum, default_value_t = Refill::Each)]
     refill: Refill,
     /// Open loop: requests per second in all, sent on a fixed schedule.
@@ -82,7 +82,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "N")]
     batch: usize,
     /// Mix of credential kinds by weight, e.g. valid=90,unknown=4,revoked=2,expired=2,malformed=1,derived=1
-    /// (kinds: any status name in the key file, malformed, derived). Default: the key file as it is.
+    /// (kinds: any status name in the key file, malformed, derived). Default: the whole key file,
+    /// each credential equally likely.
     #[arg(long, value_name = "KIND=W,...")]
     mix: Option<String>,
     /// Key popularity: Zipf with this exponent (e.g. 1.1) instead of uniform.
