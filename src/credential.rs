@@ -432,6 +432,28 @@ mod tests {
     }
 
     #[test]
+    fn peek_reads_the_key_id_without_judging_the_rest() {
+        let mut credential = vector();
+        credential.key_id = KeyId(0x0123_4567_89ab_cdef);
+        let text = credential.encode(&Prefixes::default());
+        assert_eq!(peek_key_id(text.as_bytes()), Some(credential.key_id));
+        // Only the first 16 characters after the prefix matter: a broken checksum still peeks.
+        let mut broken = text.clone().into_bytes();
+        let last = broken.len() - 1;
+        broken[last] = if broken[last] == b'a' { b'b' } else { b'a' };
+        assert_eq!(peek_key_id(&broken), Some(credential.key_id));
+        for other in [
+            &b"sk_live_0123456789abcdef"[..],
+            b"kw_",
+            b"no separator",
+            b"kw_AAAAAAAAAAAAAAAA",
+            b"",
+        ] {
+            assert_eq!(peek_key_id(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
     fn public_prefix_round_trips() {
         let mut credential = vector();
         credential.visibility = Visibility::Public;

@@ -461,7 +461,6 @@ async fn forward_revocation(state: &ShardState, id: KeyId) -> bool {
     done.recv().await.unwrap_or(false)
 }
 
-/// Appends the answer to one frame.
 /// Before answering a read's frames, starts loading the table entries their VERIFYs will need,
 /// so the cache misses of several lookups overlap instead of following one another: first
 /// every hash slot, then (slots cached by then) every record. With 16 requests per read on a
@@ -509,6 +508,7 @@ fn prefetch_table(state: &ShardState, mut bytes: &[u8]) {
     }
 }
 
+/// Appends the answer to one frame.
 fn answer(state: &ShardState, frame: &Frame<'_>, now: UnixSeconds, output: &mut Vec<u8>) {
     let request_id = frame.header.request_id;
     let snapshot = state.snapshot.borrow();
