@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub compact_changes_max: u64,
     /// Compact once the log holds this many bytes.
     pub compact_log_bytes_max: u64,
+    /// Nice value of the compaction thread, 0 (default priority) to 19 (lowest).
+    pub compaction_nice: u32,
     /// Prefix of secret keys.
     pub prefix: String,
     /// Prefix of keys marked public.
@@ -73,6 +75,7 @@ impl Default for ServerConfig {
             io_memory_bytes: 256 * 1024,
             compact_changes_max: 100_000,
             compact_log_bytes_max: 256 * 1024 * 1024,
+            compaction_nice: 0,
             prefix: "kw".to_string(),
             public_prefix: "kwpub".to_string(),
             token_prefix: "kwt".to_string(),
@@ -171,6 +174,7 @@ impl ServerConfig {
             4096,
             u64::MAX,
         )?;
+        range("compaction_nice", self.compaction_nice, 0, 19)?;
         range(
             "token_ttl_max_seconds",
             self.token_ttl_max_seconds,

@@ -69,6 +69,8 @@ pub struct ControlSettings {
     pub snapshot_path: PathBuf,
     pub compact_changes_max: u64,
     pub compact_log_bytes_max: u64,
+    /// Nice value the compaction thread sets for itself.
+    pub compaction_nice: u32,
     pub token_prefix: String,
     pub token_ttl_max_seconds: u64,
     pub token_root: crate::token::RootKey,
@@ -526,15 +528,16 @@ async fn compact(control: &Rc<Control>) -> Outcome {
     // and a build of several seconds must not hold them up.
     let slot: Arc<std::sync::Mutex<Option<Built>>> = Arc::default();
     let filled = slot.clone();
+    let nice = control.settings.compaction_nice;
     let builder = std::thread::Builder::new()
         .name("keyward-compact".into())
         .spawn(move || {
-            // The lowest priority: on a machine without a spare CPU the build takes its time
-            // from shards and clients in short slices rather than long ones (measured: verify
-            // p99.9 under back-to-back compactions, docs/PERFORMANCE.md). On Linux the nice
-            // value is per thread; failure only leaves the default priority.
-            // SAFETY: plain syscall on the calling thread, no memory passed.
-            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            // On Linux the nice value is per thread (docs/OPERATIONS.md, "Compaction and CPU",
+            // for the trade-off); failure only leaves the default priority.
+            if nice > 0 {
+                // SAFETY: plain syscall on the calling thread, no memory passed.
+                let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice as libc::c_int) };
+            }
             let built = build_snapshot(&base, &deltas, sequence, &path);
             *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some(built);
         });

@@ -204,6 +204,7 @@ pub fn run(
         snapshot_path: data_dir.snapshot_path(),
         compact_changes_max: config.compact_changes_max,
         compact_log_bytes_max: config.compact_log_bytes_max,
+        compaction_nice: config.compaction_nice,
         token_prefix: config.token_prefix.clone(),
         token_ttl_max_seconds: config.token_ttl_max_seconds,
         token_root: verifier.token_root().clone(),
