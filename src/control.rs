@@ -1032,8 +1032,8 @@ async fn rotate(control: &Rc<Control>, request: RotateRequest) -> Outcome {
             Some(grace) => {
                 let until = UnixSeconds(now.0.saturating_add(grace));
                 old.expires = Some(old.expires.map_or(until, |e| e.min(until)));
-                if old.expires.is_some_and(|e| e < old.not_before) {
-                    old.not_before = old.expires.unwrap();
+                if let Some(expires) = old.expires.filter(|&e| e < old.not_before) {
+                    old.not_before = expires;
                 }
             }
             None => old.status = KeyStatus::Revoked,

@@ -156,11 +156,20 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
+    /// The next `N` bytes as an array.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, tail) = self
+            .bytes
+            .split_first_chunk::<N>()
+            .ok_or(DecodeError::Truncated)?;
+        self.bytes = tail;
+        Ok(*head)
+    }
     fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+        Ok(u64::from_le_bytes(self.array()?))
     }
     fn text(&mut self, count: usize) -> Result<String, DecodeError> {
         let bytes = self.take(count)?;
@@ -175,7 +184,7 @@ impl<'a> Reader<'a> {
 fn read_record(reader: &mut Reader<'_>) -> Result<KeyRecord, DecodeError> {
     let id = KeyId(reader.u64()?);
     let kind = KeyKind::from_u8(reader.u8()?).ok_or(DecodeError::Field("kind"))?;
-    let hash: [u8; 32] = reader.take(32)?.try_into().unwrap();
+    let hash: [u8; 32] = reader.array()?;
     let tenant = reader.short_text()?;
     let name = reader.short_text()?;
     let scope_count = reader.u8()?;
@@ -191,7 +200,7 @@ fn read_record(reader: &mut Reader<'_>) -> Result<KeyRecord, DecodeError> {
     let range_count = reader.u8()?;
     let mut allow = Vec::with_capacity(usize::from(range_count));
     for _ in 0..range_count {
-        let network: [u8; 16] = reader.take(16)?.try_into().unwrap();
+        let network: [u8; 16] = reader.array()?;
         let prefix_len = reader.u8()?;
         if prefix_len > 128 {
             return Err(DecodeError::Field("address range prefix"));

@@ -299,12 +299,22 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    /// The next `N` bytes as an array.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BodyError> {
+        let (head, tail) = self
+            .bytes
+            .split_first_chunk::<N>()
+            .ok_or(BodyError::Truncated)?;
+        self.bytes = tail;
+        Ok(*head)
+    }
+
     fn u16(&mut self) -> Result<u16, BodyError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(self.array()?))
     }
 
     fn u64(&mut self) -> Result<u64, BodyError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     fn text(&mut self, count: usize) -> Result<&'a str, BodyError> {
@@ -349,12 +359,8 @@ fn read_verify<'a>(reader: &mut Reader<'a>) -> Result<VerifyRequest<'a>, BodyErr
     let tenant = reader.take(tenant_bytes)?;
     let address = match reader.u8()? {
         0 => None,
-        4 => Some(IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(reader.take(4)?).unwrap(),
-        ))),
-        6 => Some(IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(reader.take(16)?).unwrap(),
-        ))),
+        4 => Some(IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?))),
         _ => return Err(BodyError::AddressFamily),
     };
     Ok(VerifyRequest {

@@ -467,6 +467,17 @@ async fn forward_revocation(state: &ShardState, id: KeyId) -> bool {
 /// 100 000-key table the two misses were four fifths of `Verifier::verify`'s own time.
 /// Only a hint: nothing is decided here, and a read with one request skips it.
 fn prefetch_table(state: &ShardState, mut bytes: &[u8]) {
+    // One request in the read (depth 1): nothing to overlap, so no second parse of it.
+    match protocol::decode_frame(bytes, state.settings.frame_body_bytes_max) {
+        Ok(Some(frame))
+            if frame.header.opcode != opcode::VERIFY_BATCH
+                && bytes.len() - frame.bytes() < protocol::HEADER_BYTES =>
+        {
+            return
+        }
+        Ok(Some(_)) => {}
+        _ => return,
+    }
     let mut ids = [KeyId(0); PREFETCH_FRAMES_MAX];
     let mut count = 0;
     while count < PREFETCH_FRAMES_MAX {

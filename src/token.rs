@@ -439,13 +439,14 @@ impl Token {
 /// caveat exactly as it arrived, and compares it with the signature in constant time. Same result
 /// as [`Token::signature_matches`], without re-encoding the caveats.
 pub fn chain_matches(root: &RootKey, bytes: &[u8]) -> bool {
-    let (Some(parent), Some(&count)) = (bytes.get(1..9), bytes.get(25)) else {
+    let parent = bytes.get(1..9).and_then(|p| <[u8; 8]>::try_from(p).ok());
+    let (Some(parent), Some(&count)) = (parent, bytes.get(25)) else {
         return false;
     };
     let Some(body_end) = bytes.len().checked_sub(SIGNATURE_BYTES) else {
         return false;
     };
-    let parent = KeyId(u64::from_be_bytes(parent.try_into().unwrap()));
+    let parent = KeyId(u64::from_be_bytes(parent));
     let mut signature =
         *blake3::keyed_hash(&root.for_parent_cached(parent), &bytes[..25]).as_bytes();
     let mut at = HEADER_BYTES;

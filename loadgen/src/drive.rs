@@ -254,6 +254,7 @@ fn drive(
         sending: Duration::ZERO,
     };
     let mut interval = new_histogram();
+    let mut reported = 0u64;
     let mut last_flush = started;
     let mut budget = plan.budget.unwrap_or(u64::MAX);
     let mut next = plan.start % requests.len();
@@ -367,7 +368,7 @@ fn drive(
             }
         }
         if last_flush.elapsed() >= Duration::from_millis(100) {
-            flush_interval(shared, &mut interval, &result.tally);
+            flush_interval(shared, &mut interval, &result.tally, &mut reported);
             last_flush = Instant::now();
         }
         if let Some(stopped) = stopped_at {
@@ -388,7 +389,7 @@ fn drive(
             std::thread::yield_now();
         }
     }
-    flush_interval(shared, &mut interval, &result.tally);
+    flush_interval(shared, &mut interval, &result.tally, &mut reported);
     result.sending = match (plan.budget, last_measured_answer) {
         (Some(_), Some(last)) if budget == 0 => last.saturating_duration_since(measure_from),
         _ => plan.duration,
@@ -396,12 +397,21 @@ fn drive(
     Ok(result)
 }
 
-fn flush_interval(shared: &Shared, interval: &mut Histogram<u64>, tally: &Tally) {
+/// Hands the progress line this thread's latencies and new wrong answers since the last call.
+fn flush_interval(
+    shared: &Shared,
+    interval: &mut Histogram<u64>,
+    tally: &Tally,
+    reported: &mut u64,
+) {
     if let Ok(mut merged) = shared.interval.lock() {
         let _ = merged.add(&*interval);
     }
     interval.reset();
-    shared.errors.fetch_max(tally.mismatches, Ordering::Relaxed);
+    shared
+        .errors
+        .fetch_add(tally.mismatches - *reported, Ordering::Relaxed);
+    *reported = tally.mismatches;
 }
 
 #[cfg(test)]

@@ -650,7 +650,7 @@ fn sweep(args: &Args, requests: &Arc<Requests>) -> Result<bool, String> {
         unanswered += outcome.unanswered;
         let Verdict { within, saturated } = judge_step(rate, &outcome, slo);
         if within && best.as_ref().is_none_or(|(r, _)| rate > *r) {
-            best = Some((rate, outcome.clone_summary()));
+            best = Some((rate, outcome.clone()));
         }
         steps.push((rate, outcome, within));
         if saturated {
@@ -761,22 +761,6 @@ fn judge_step(rate: f64, outcome: &Outcome, slo: Duration) -> Verdict {
     Verdict {
         within: held && p99 <= bound && outcome.errors() == 0,
         saturated: !held || p99 > bound.saturating_mul(20),
-    }
-}
-
-impl Outcome {
-    fn clone_summary(&self) -> Outcome {
-        Outcome {
-            seconds: self.seconds,
-            completed: self.completed,
-            credentials: self.credentials,
-            histogram: self.histogram.clone(),
-            tally: self.tally.clone(),
-            unanswered: self.unanswered,
-            unsent: self.unsent,
-            per_thread: self.per_thread.clone(),
-            target_rate: self.target_rate,
-        }
     }
 }
 

@@ -15,6 +15,7 @@ use keyward::protocol::Status;
 use keyward_loadgen::wire::Tally;
 
 /// What one measured run produced, all threads merged.
+#[derive(Clone)]
 pub struct Outcome {
     /// The measured window in seconds.
     pub seconds: f64,

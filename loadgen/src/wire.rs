@@ -122,16 +122,11 @@ impl Protocol {
         }
     }
 
-    /// One lookup of `keys` (one key unless batched).
-    pub fn put_lookup(
-        self,
-        out: &mut Vec<u8>,
-        keys: &[&ExpectedKey],
-        shape: &Shape<'_>,
-        batched: bool,
-    ) {
+    /// One lookup of `keys`: a batch (VERIFY_BATCH, MGET) when the shape asks for one.
+    pub fn put_lookup(self, out: &mut Vec<u8>, keys: &[&ExpectedKey], shape: &Shape<'_>) {
+        let batched = shape.batch > 0;
         match self {
-            Protocol::Keyward => workload::put_keyward(out, keys, shape, batched),
+            Protocol::Keyward => workload::put_keyward(out, keys, shape),
             Protocol::Resp => {
                 let command: &[u8] = if batched { b"MGET" } else { b"GET" };
                 put_resp_array(
@@ -523,7 +518,7 @@ mod tests {
     #[test]
     fn requests_are_encoded_as_each_server_expects() {
         let key = ExpectedKey::plain("kw_abc".into(), Status::Valid);
-        let shape = Shape {
+        let mut shape = Shape {
             protocol: Protocol::Resp,
             batch: 0,
             mix: None,
@@ -533,13 +528,15 @@ mod tests {
             seed: 0,
         };
         let mut out = Vec::new();
-        Protocol::Resp.put_lookup(&mut out, &[&key], &shape, false);
+        Protocol::Resp.put_lookup(&mut out, &[&key], &shape);
         assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$6\r\nkw_abc\r\n");
         out.clear();
-        Protocol::Resp.put_lookup(&mut out, &[&key, &key], &shape, true);
+        shape.batch = 2;
+        Protocol::Resp.put_lookup(&mut out, &[&key, &key], &shape);
         assert_eq!(out, b"*3\r\n$4\r\nMGET\r\n$6\r\nkw_abc\r\n$6\r\nkw_abc\r\n");
         out.clear();
-        Protocol::Memcache.put_lookup(&mut out, &[&key], &shape, false);
+        shape.batch = 0;
+        Protocol::Memcache.put_lookup(&mut out, &[&key], &shape);
         assert_eq!(out, b"get kw_abc\r\n");
         out.clear();
         Protocol::Memcache.put_store(&mut out, "kw_abc", "valid|");

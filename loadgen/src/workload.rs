@@ -275,9 +275,7 @@ impl Requests {
                     })?;
                 requests.expected.push(shape.protocol.observable(status));
             }
-            shape
-                .protocol
-                .put_lookup(&mut requests.bytes, &keys, shape, shape.batch > 0);
+            shape.protocol.put_lookup(&mut requests.bytes, &keys, shape);
             requests.ends.push(requests.bytes.len());
         }
         for (slot, (_, pool)) in used.iter().zip(&pools.pools) {
@@ -362,8 +360,8 @@ pub fn verify_request<'a>(key: &'a ExpectedKey, shape: &Shape<'a>) -> VerifyRequ
 }
 
 /// Writes one keyward VERIFY or VERIFY_BATCH frame (request id 0, patched at send).
-pub fn put_keyward(out: &mut Vec<u8>, keys: &[&ExpectedKey], shape: &Shape<'_>, batched: bool) {
-    if batched {
+pub fn put_keyward(out: &mut Vec<u8>, keys: &[&ExpectedKey], shape: &Shape<'_>) {
+    if shape.batch > 0 {
         let requests: Vec<VerifyRequest<'_>> =
             keys.iter().map(|k| verify_request(k, shape)).collect();
         protocol::put_batch_frame(out, 0, &requests);
