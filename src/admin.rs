@@ -46,13 +46,14 @@ pub mod opcode {
     }
 }
 
-/// ERROR codes of the control port (the verify port's codes 1–6 keep their meaning).
+/// The control port's error codes, as bytes (the names live in [`crate::protocol::ErrorCode`]).
 pub mod error_code {
-    pub const UNAUTHORIZED: u8 = 7;
-    pub const NOT_FOUND: u8 = 8;
-    pub const INVALID: u8 = 9;
-    pub const CONFLICT: u8 = 10;
-    pub const UNAVAILABLE: u8 = 11;
+    use crate::protocol::ErrorCode;
+    pub const UNAUTHORIZED: u8 = ErrorCode::Unauthorized as u8;
+    pub const NOT_FOUND: u8 = ErrorCode::NotFound as u8;
+    pub const INVALID: u8 = ErrorCode::Invalid as u8;
+    pub const CONFLICT: u8 = ErrorCode::Conflict as u8;
+    pub const UNAVAILABLE: u8 = ErrorCode::Unavailable as u8;
 }
 
 /// Largest control frame body: a 1000-key import with room to spare.

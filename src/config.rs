@@ -29,6 +29,17 @@ pub struct ServerConfig {
     pub frame_body_bytes_max: usize,
     /// A verify connection silent this long is closed.
     pub idle_timeout_ms: u64,
+    /// A frame must arrive whole within this of its first byte, on either port; a slower sender
+    /// gets a `timeout` error and is closed.
+    pub frame_timeout_ms: u64,
+    /// A control connection silent this long between requests is closed.
+    pub control_idle_timeout_ms: u64,
+    /// Bytes one shard may hold in read buffers grown past their first size for frames larger
+    /// than it; a connection that would go past it gets a `busy` error and is closed.
+    pub frame_buffer_bytes_per_shard_max: usize,
+    /// How long start-up keeps retrying to bind a port that is still held, e.g. by a server
+    /// killed a moment ago whose sockets the kernel has not yet closed.
+    pub bind_retry_ms: u64,
     /// How long an idle shard spins before it parks in the kernel: trades idle CPU for latency.
     pub spin_before_park_us: u64,
     /// Kernel accept backlog per shard.
@@ -70,6 +81,10 @@ impl Default for ServerConfig {
             connections_per_shard_max: 4096,
             frame_body_bytes_max: protocol::BODY_BYTES_DEFAULT,
             idle_timeout_ms: 300_000,
+            frame_timeout_ms: 10_000,
+            control_idle_timeout_ms: 60_000,
+            frame_buffer_bytes_per_shard_max: 64 * 1024 * 1024,
+            bind_retry_ms: 2_000,
             spin_before_park_us: 200,
             listen_backlog: 1024,
             io_memory_bytes: 256 * 1024,
@@ -149,6 +164,20 @@ impl ServerConfig {
             protocol::BODY_BYTES_LIMIT,
         )?;
         range("idle_timeout_ms", self.idle_timeout_ms, 1, 24 * 3600 * 1000)?;
+        range("frame_timeout_ms", self.frame_timeout_ms, 1, 3600 * 1000)?;
+        range(
+            "control_idle_timeout_ms",
+            self.control_idle_timeout_ms,
+            1,
+            24 * 3600 * 1000,
+        )?;
+        range(
+            "frame_buffer_bytes_per_shard_max",
+            self.frame_buffer_bytes_per_shard_max,
+            protocol::HEADER_BYTES + protocol::BODY_BYTES_DEFAULT,
+            1 << 40,
+        )?;
+        range("bind_retry_ms", self.bind_retry_ms, 0, 600_000)?;
         range(
             "spin_before_park_us",
             self.spin_before_park_us,

@@ -73,6 +73,12 @@ pub(crate) const DECODE: [u8; 256] = {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub u64);
 
+impl KeyId {
+    /// The largest key id: 2^53 - 1, so every id is exact as a JSON number in any client
+    /// (a double holds integers up to 2^53 exactly). Ids are 1 to this; 0 is never an id.
+    pub const MAX: u64 = (1 << 53) - 1;
+}
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

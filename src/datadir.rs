@@ -1,5 +1,5 @@
-//! The data directory: its secrets (pepper, master secret, admin token), its snapshot, and the
-//! exclusive lock that keeps two processes from serving or rewriting the same keys.
+//! The data directory: its secrets (pepper, master secret, admin token), its snapshot and delta
+//! log, and the exclusive lock that keeps two processes from serving or rewriting the same keys.
 //!
 //! ```text
 //! DATA_DIR/            mode 0700, created on first use
@@ -7,8 +7,18 @@
 //!   pepper             32 random bytes, mode 0600: the key of every stored secret hash
 //!   master.key         32 random bytes, mode 0600: root of derived-token keys
 //!   admin.token        "kwadmin_" + 64 hex digits + "\n", mode 0600: control-port credential
-//!   snapshot.kws       the key table (see snapshot.rs); an empty one is written on first use
+//!   snapshot.kws       the key table (see snapshot.rs)
+//!   deltas.log         changes since the snapshot (see delta.rs)
+//!   init.tmp/          only while a new directory is being initialised (see below)
 //! ```
+//!
+//! A directory is initialised only when it is wholly new: none of the five files above exists.
+//! The files are written into `init.tmp/`, fsynced, then renamed into place one by one, the
+//! snapshot last, and `init.tmp/` is removed; a start that finds `init.tmp/` finishes those
+//! renames. A directory that holds some of the files but not all, or an empty or damaged one, is
+//! refused with the file named: making a fresh pepper would turn every key `unknown`, and a
+//! fresh log would bring back every key it revoked (docs/OPERATIONS.md, "A damaged data
+//! directory").
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -16,6 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::delta;
 use crate::record::UnixSeconds;
 use crate::snapshot;
 
@@ -23,9 +34,25 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const PEPPER_FILE: &str = "pepper";
 pub const MASTER_FILE: &str = "master.key";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Where a new directory's files are written before they are renamed into place.
+pub const INIT_DIR: &str = "init.tmp";
 pub const SECRET_FILE_BYTES: usize = 32;
+/// Shortest admin token accepted from `admin.token` (a generated one has 72 characters).
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 16;
+/// Longest admin token: the control frame gives its length one byte.
+pub const ADMIN_TOKEN_BYTES_MAX: usize = 255;
 /// How long opening a locked data directory waits for the lock before giving up.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every file an initialised data directory holds, in the order a new one is put in place:
+/// the snapshot last, so a directory with a snapshot is a directory that was fully initialised.
+pub const FILES: [&str; 5] = [
+    PEPPER_FILE,
+    MASTER_FILE,
+    ADMIN_TOKEN_FILE,
+    delta::FILE_NAME,
+    snapshot::FILE_NAME,
+];
 
 /// Why the data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +67,17 @@ pub enum DataDirError {
     Locked { path: PathBuf, holder: String },
     #[error("{path}: expected {SECRET_FILE_BYTES} bytes, found {found} (damaged secret file; restore it from backup)")]
     SecretLength { path: PathBuf, found: usize },
+    #[error("{path}: {problem}; refusing to start (an admin token must be {ADMIN_TOKEN_BYTES_MIN} to {ADMIN_TOKEN_BYTES_MAX} printable characters without spaces; restore the file from backup or write a new token into it)")]
+    AdminToken {
+        path: PathBuf,
+        problem: &'static str,
+    },
+    #[error("data directory {path} is incomplete: {missing} is missing ({consequence}); refusing to start rather than create a new one. Restore it from backup (docs/OPERATIONS.md, \"A damaged data directory\")")]
+    Incomplete {
+        path: PathBuf,
+        missing: &'static str,
+        consequence: &'static str,
+    },
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
 }
@@ -48,6 +86,19 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
     move |source| DataDirError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// What losing one of the files would do, for the refusal that names it.
+fn consequence_of_losing(file: &str) -> &'static str {
+    match file {
+        PEPPER_FILE => "a new pepper would make every stored key unknown",
+        MASTER_FILE => "a new master key would invalidate every derived token and idempotent issue",
+        ADMIN_TOKEN_FILE => "the control port's credential",
+        f if f == delta::FILE_NAME => {
+            "the changes since the snapshot, revocations included, would be lost"
+        }
+        _ => "the key table itself",
     }
 }
 
@@ -70,24 +121,47 @@ impl std::fmt::Debug for DataDir {
 }
 
 impl DataDir {
-    /// Opens `path`, creating it (and its secrets and an empty snapshot) when missing, and
-    /// takes its exclusive lock.
+    /// Opens `path` and takes its exclusive lock. A directory that is missing, empty or holds
+    /// none of the data files is initialised (fresh secrets, an empty table, an empty log); one
+    /// that holds some but not all of them is refused.
     pub fn open_or_create(path: &Path) -> Result<DataDir, DataDirError> {
-        let created = !path.join(PEPPER_FILE).exists();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(path)
             .map_err(io_error(path))?;
         let lock = lock(path)?;
+        let staging = path.join(INIT_DIR);
+        let mut created = false;
+        if staging.exists() {
+            let renaming_began = FILES.iter().any(|name| path.join(name).exists());
+            if renaming_began {
+                // Renames start only once every staged file is whole and fsynced: finish them.
+                finish_initialisation(path, &staging)?;
+                created = true;
+            } else {
+                // Interrupted while staging: nothing was in place yet, so start again.
+                fs::remove_dir_all(&staging).map_err(io_error(&staging))?;
+            }
+        }
+        let present: Vec<&str> = FILES
+            .iter()
+            .copied()
+            .filter(|name| path.join(name).exists())
+            .collect();
+        if present.is_empty() {
+            initialise(path, &staging)?;
+            created = true;
+        } else if let Some(missing) = FILES.iter().find(|name| !present.contains(name)) {
+            return Err(DataDirError::Incomplete {
+                path: path.to_path_buf(),
+                missing,
+                consequence: consequence_of_losing(missing),
+            });
+        }
         let pepper = secret_file(&path.join(PEPPER_FILE))?;
         let master = secret_file(&path.join(MASTER_FILE))?;
         let admin_token = admin_token_file(&path.join(ADMIN_TOKEN_FILE))?;
-        let snapshot_path = path.join(snapshot::FILE_NAME);
-        if !snapshot_path.exists() {
-            let bytes = snapshot::encode(&[], 0, UnixSeconds::now())?;
-            snapshot::write_atomic(&snapshot_path, &bytes)?;
-        }
         Ok(DataDir {
             path: path.to_path_buf(),
             _lock: lock,
@@ -122,6 +196,58 @@ impl DataDir {
     pub fn snapshot_path(&self) -> PathBuf {
         self.path.join(snapshot::FILE_NAME)
     }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join(delta::FILE_NAME)
+    }
+}
+
+/// Writes every file of a new directory into `staging`, then moves them into place.
+fn initialise(path: &Path, staging: &Path) -> Result<(), DataDirError> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(staging)
+        .map_err(io_error(staging))?;
+    let mut pepper = [0u8; 32];
+    let mut master = [0u8; 32];
+    let mut token = [0u8; 32];
+    for secret in [&mut pepper, &mut master, &mut token] {
+        getrandom::fill(secret).expect("the OS random source failed");
+    }
+    let token = format!("kwadmin_{}\n", hex(&token));
+    let snapshot = snapshot::encode(&[], 0, UnixSeconds::now())?;
+    let contents: [(&str, &[u8]); 5] = [
+        (PEPPER_FILE, &pepper),
+        (MASTER_FILE, &master),
+        (ADMIN_TOKEN_FILE, token.as_bytes()),
+        (delta::FILE_NAME, &delta::empty_log()),
+        (snapshot::FILE_NAME, &snapshot),
+    ];
+    for (name, bytes) in contents {
+        write_private(&staging.join(name), bytes)?;
+    }
+    sync_directory(staging)?;
+    finish_initialisation(path, staging)
+}
+
+/// Renames the staged files into place (those not there already), snapshot last, then removes
+/// the staging directory.
+fn finish_initialisation(path: &Path, staging: &Path) -> Result<(), DataDirError> {
+    for name in FILES {
+        let staged = staging.join(name);
+        if staged.exists() {
+            fs::rename(&staged, path.join(name)).map_err(io_error(&staged))?;
+        }
+    }
+    sync_directory(path)?;
+    fs::remove_dir(staging).map_err(io_error(staging))?;
+    sync_directory(path)
+}
+
+fn sync_directory(path: &Path) -> Result<(), DataDirError> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(path))
 }
 
 fn lock(directory: &Path) -> Result<File, DataDirError> {
@@ -165,14 +291,8 @@ fn lock(directory: &Path) -> Result<File, DataDirError> {
     Ok(file)
 }
 
-/// Reads a 32-byte secret file, creating it from the OS random source when missing.
+/// Reads a 32-byte secret file.
 fn secret_file(path: &Path) -> Result<[u8; 32], DataDirError> {
-    let mut secret = [0u8; 32];
-    if !path.exists() {
-        getrandom::fill(&mut secret).expect("the OS random source failed");
-        write_private(path, &secret)?;
-        return Ok(secret);
-    }
     warn_if_readable_by_others(path);
     let bytes = fs::read(path).map_err(io_error(path))?;
     if bytes.len() != SECRET_FILE_BYTES {
@@ -181,26 +301,43 @@ fn secret_file(path: &Path) -> Result<[u8; 32], DataDirError> {
             found: bytes.len(),
         });
     }
+    let mut secret = [0u8; 32];
     secret.copy_from_slice(&bytes);
     Ok(secret)
 }
 
+/// Reads the admin token; refuses one that is empty, short, or not one printable word (an
+/// empty token would let any request with a zero-length token through).
 fn admin_token_file(path: &Path) -> Result<String, DataDirError> {
-    if !path.exists() {
-        let mut random = [0u8; 32];
-        getrandom::fill(&mut random).expect("the OS random source failed");
-        let token = format!("kwadmin_{}", hex(&random));
-        write_private(path, format!("{token}\n").as_bytes())?;
-        return Ok(token);
-    }
     warn_if_readable_by_others(path);
-    Ok(fs::read_to_string(path)
-        .map_err(io_error(path))?
-        .trim()
-        .to_string())
+    let text = fs::read_to_string(path).map_err(io_error(path))?;
+    let token = text.trim();
+    check_admin_token(token).map_err(|problem| DataDirError::AdminToken {
+        path: path.to_path_buf(),
+        problem,
+    })?;
+    Ok(token.to_string())
 }
 
-/// Writes a new file readable by its owner only, durably (file and directory fsynced).
+/// Why `token` cannot be an admin token, if it cannot.
+pub fn check_admin_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("the admin token is empty");
+    }
+    if token.len() < ADMIN_TOKEN_BYTES_MIN {
+        return Err("the admin token is too short");
+    }
+    if token.len() > ADMIN_TOKEN_BYTES_MAX {
+        return Err("the admin token is too long");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the admin token holds spaces or control characters");
+    }
+    Ok(())
+}
+
+/// Writes a new file readable by its owner only, durably (the file fsynced; its directory is
+/// the caller's to fsync).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -209,13 +346,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
         .open(path)
         .map_err(io_error(path))?;
     file.write_all(bytes).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))?;
-    if let Some(directory) = path.parent() {
-        File::open(directory)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error(directory))?;
-    }
-    Ok(())
+    file.sync_all().map_err(io_error(path))
 }
 
 fn warn_if_readable_by_others(path: &Path) {
@@ -257,5 +388,52 @@ mod tests {
         let again = DataDir::open_or_create(&path).unwrap();
         assert!(!again.was_created());
         assert_eq!(again.pepper(), &pepper);
+    }
+
+    #[test]
+    fn an_interrupted_initialisation_is_finished_or_restarted() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("data");
+        let first = DataDir::open_or_create(&path).unwrap();
+        let pepper = *first.pepper();
+        drop(first);
+        // As if interrupted after the pepper and master key were renamed into place: the rest
+        // is still staged, and is put in place on the next open.
+        let staging = path.join(INIT_DIR);
+        fs::create_dir(&staging).unwrap();
+        for name in [ADMIN_TOKEN_FILE, delta::FILE_NAME, snapshot::FILE_NAME] {
+            fs::rename(path.join(name), staging.join(name)).unwrap();
+        }
+        let again = DataDir::open_or_create(&path).unwrap();
+        assert_eq!(
+            again.pepper(),
+            &pepper,
+            "a finished initialisation kept its pepper"
+        );
+        assert!(!staging.exists());
+        drop(again);
+        // As if interrupted while staging: nothing in place yet, so it starts over.
+        let fresh = root.path().join("fresh");
+        fs::create_dir_all(fresh.join(INIT_DIR)).unwrap();
+        fs::write(fresh.join(INIT_DIR).join(PEPPER_FILE), b"torn").unwrap();
+        let made = DataDir::open_or_create(&fresh).unwrap();
+        assert!(made.was_created());
+        assert!(FILES.iter().all(|name| fresh.join(name).exists()));
+    }
+
+    #[test]
+    fn a_directory_missing_one_file_is_refused_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("data");
+        drop(DataDir::open_or_create(&path).unwrap());
+        for name in FILES {
+            let saved = fs::read(path.join(name)).unwrap();
+            fs::remove_file(path.join(name)).unwrap();
+            match DataDir::open_or_create(&path) {
+                Err(DataDirError::Incomplete { missing, .. }) => assert_eq!(missing, name),
+                other => panic!("{name} missing: {other:?}"),
+            }
+            fs::write(path.join(name), saved).unwrap();
+        }
     }
 }

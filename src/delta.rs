@@ -86,6 +86,16 @@ pub enum LogError {
     Magic { path: PathBuf },
     #[error("{path}: delta log format version {found} is not supported (this build reads {FORMAT_VERSION})")]
     Version { path: PathBuf, found: u32 },
+    #[error("{path}: missing or empty ({bytes} bytes, shorter than the {FILE_HEADER_BYTES}-byte header); a new log would forget every change since the snapshot, revocations included. Restore it from backup (docs/OPERATIONS.md, \"A damaged data directory\")")]
+    Empty { path: PathBuf, bytes: usize },
+    #[error("{path}: damaged record at byte offset {offset} ({reason}) is followed by a valid record (sequence {next_sequence} at byte offset {next_offset}): this is corruption, not a torn tail, and cutting it would drop acknowledged changes. Refusing to start; see `keyward-ctl log check` and docs/OPERATIONS.md, \"A damaged delta log\"")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+        next_offset: u64,
+        next_sequence: u64,
+    },
     #[error("{path}: delta {found} follows {previous}; sequence numbers must increase by one")]
     Sequence {
         path: PathBuf,
@@ -301,6 +311,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Delta, usize), DecodeError> {
     ))
 }
 
+/// The bytes of a log that holds no delta yet (its header alone).
+pub fn empty_log() -> [u8; FILE_HEADER_BYTES] {
+    file_header()
+}
+
 fn file_header() -> [u8; FILE_HEADER_BYTES] {
     let mut header = [0u8; FILE_HEADER_BYTES];
     header[0..8].copy_from_slice(&MAGIC);
@@ -334,37 +349,22 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
 }
 
 impl DeltaLog {
-    /// Opens (creating when missing) the log, replays it, cuts a torn tail, and returns the
-    /// deltas newer than `after_sequence` (the snapshot's).
+    /// Opens the log (it must exist: a data directory's log is created with the directory),
+    /// replays it, cuts a torn tail, and returns the deltas newer than `after_sequence` (the
+    /// snapshot's). Damage followed by a valid record is refused, not cut.
     pub fn open(path: &Path, after_sequence: u64) -> Result<(DeltaLog, Replay), LogError> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
             .open(path)
             .map_err(io_error(path))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io_error(path))?;
         if bytes.len() < FILE_HEADER_BYTES {
-            // New, or torn while its header was being written: start it afresh.
-            file.set_len(0).map_err(io_error(path))?;
-            file.seek(SeekFrom::Start(0)).map_err(io_error(path))?;
-            file.write_all(&file_header()).map_err(io_error(path))?;
-            file.sync_all().map_err(io_error(path))?;
-            sync_directory(path)?;
-            let log = DeltaLog {
-                file,
+            return Err(LogError::Empty {
                 path: path.to_path_buf(),
-                bytes: FILE_HEADER_BYTES as u64,
-            };
-            return Ok((
-                log,
-                Replay {
-                    last_sequence: after_sequence,
-                    ..Replay::default()
-                },
-            ));
+                bytes: bytes.len(),
+            });
         }
         if bytes[0..8] != MAGIC {
             return Err(LogError::Magic {
@@ -411,6 +411,17 @@ impl DeltaLog {
                     at += used;
                 }
                 Err(error) => {
+                    if let Some((next_offset, next_sequence)) =
+                        next_valid_record(&bytes, at, previous.unwrap_or(0))
+                    {
+                        return Err(LogError::Corrupt {
+                            path: path.to_path_buf(),
+                            offset: at as u64,
+                            reason: error.to_string(),
+                            next_offset: next_offset as u64,
+                            next_sequence,
+                        });
+                    }
                     let dropped = (bytes.len() - at) as u64;
                     replay.cut = Some((at as u64, dropped, error.to_string()));
                     file.set_len(at as u64).map_err(io_error(path))?;
@@ -474,6 +485,75 @@ impl DeltaLog {
     }
 }
 
+/// Smallest payload a record can have: sequence, kind, empty note, zero records.
+const PAYLOAD_BYTES_MIN: usize = 8 + 1 + 2 + 2;
+
+/// The first whole, checksummed record after the damaged one at `damaged` whose sequence is
+/// above `previous` (the last good one): its offset and sequence. A torn tail has none, since
+/// nothing was written after it. Every byte offset is tried; the cheap header checks come
+/// first, so a scan of a tail of garbage is linear.
+pub fn next_valid_record(bytes: &[u8], damaged: usize, previous: u64) -> Option<(usize, u64)> {
+    let last_start = bytes
+        .len()
+        .checked_sub(RECORD_HEADER_BYTES + PAYLOAD_BYTES_MIN)?;
+    (damaged + 1..=last_start).find_map(|offset| {
+        let rest = &bytes[offset..];
+        let (length, after) = rest.split_first_chunk::<4>()?;
+        let payload_bytes = u32::from_le_bytes(*length) as usize;
+        if !(PAYLOAD_BYTES_MIN..=PAYLOAD_BYTES_MAX).contains(&payload_bytes)
+            || payload_bytes + RECORD_HEADER_BYTES > rest.len()
+        {
+            return None;
+        }
+        let (sequence, _) = after.get(4..)?.split_first_chunk::<8>()?;
+        // At most one record per PAYLOAD_BYTES_MIN bytes follows the last good one.
+        let sequence = u64::from_le_bytes(*sequence);
+        if sequence <= previous || sequence - previous > bytes.len() as u64 {
+            return None;
+        }
+        decode(rest).ok().map(|(delta, _)| (offset, delta.sequence))
+    })
+}
+
+/// What `keyward-ctl log check` reports of a log: each whole record, and where damage begins.
+#[derive(Debug, Default)]
+pub struct LogReport {
+    /// (byte offset, delta) for every record that decodes, in file order, past damage too.
+    pub records: Vec<(u64, Delta)>,
+    /// Byte offset and reason of the first damage, if any.
+    pub damage: Option<(u64, String)>,
+}
+
+/// Reads a log without changing it: every whole record, including valid ones after damage.
+pub fn inspect(bytes: &[u8]) -> Result<LogReport, DecodeError> {
+    let header = bytes
+        .get(..FILE_HEADER_BYTES)
+        .ok_or(DecodeError::Truncated)?;
+    if header[0..8] != MAGIC {
+        return Err(DecodeError::Field("magic"));
+    }
+    let mut report = LogReport::default();
+    let mut at = FILE_HEADER_BYTES;
+    let mut previous = 0;
+    while at < bytes.len() {
+        match decode(&bytes[at..]) {
+            Ok((delta, used)) => {
+                previous = delta.sequence;
+                report.records.push((at as u64, delta));
+                at += used;
+            }
+            Err(error) => {
+                report.damage.get_or_insert((at as u64, error.to_string()));
+                match next_valid_record(bytes, at, previous) {
+                    Some((next, _)) => at = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
 fn sync_directory(path: &Path) -> Result<(), LogError> {
     let directory = path
         .parent()
@@ -526,6 +606,7 @@ mod tests {
     fn replay_skips_what_the_snapshot_holds_and_cuts_a_torn_tail() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join(FILE_NAME);
+        std::fs::write(&path, empty_log()).unwrap();
         let (mut log, replay) = DeltaLog::open(&path, 0).unwrap();
         assert!(replay.deltas.is_empty());
         for sequence in 1..=3 {
@@ -544,5 +625,71 @@ mod tests {
         assert_eq!((offset, dropped), (good, 20));
         assert_eq!(log.bytes(), good);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+    }
+
+    fn log_of(directory: &Path, deltas: u64) -> (PathBuf, Vec<u64>) {
+        let path = directory.join(FILE_NAME);
+        std::fs::write(&path, empty_log()).unwrap();
+        let (mut log, _) = DeltaLog::open(&path, 0).unwrap();
+        let mut offsets = Vec::new();
+        for sequence in 1..=deltas {
+            offsets.push(log.bytes());
+            log.append_durable(&encode(&delta(sequence))).unwrap();
+        }
+        (path, offsets)
+    }
+
+    #[test]
+    fn damage_followed_by_a_valid_record_is_corruption_and_nothing_is_cut() {
+        let directory = tempfile::tempdir().unwrap();
+        let (path, offsets) = log_of(directory.path(), 4);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[1] as usize + 30] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        match DeltaLog::open(&path, 0) {
+            Err(LogError::Corrupt {
+                offset,
+                next_offset,
+                next_sequence,
+                ..
+            }) => {
+                assert_eq!(offset, offsets[1]);
+                assert_eq!((next_offset, next_sequence), (offsets[2], 3));
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the log was changed");
+        let report = inspect(&bytes).unwrap();
+        assert_eq!(report.damage.as_ref().map(|d| d.0), Some(offsets[1]));
+        let sequences: Vec<u64> = report.records.iter().map(|(_, d)| d.sequence).collect();
+        assert_eq!(sequences, vec![1, 3, 4]);
+    }
+
+    #[test]
+    fn a_zeroed_or_garbage_tail_is_torn_not_corrupt() {
+        let directory = tempfile::tempdir().unwrap();
+        let (path, _) = log_of(directory.path(), 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let good = bytes.len();
+        bytes.extend_from_slice(&[0u8; 4096]);
+        bytes.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, replay) = DeltaLog::open(&path, 0).unwrap();
+        assert_eq!(replay.deltas.len(), 3);
+        assert_eq!(replay.cut.map(|c| c.0), Some(good as u64));
+        assert_eq!(log.bytes(), good as u64);
+    }
+
+    #[test]
+    fn an_empty_log_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(FILE_NAME);
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(
+            DeltaLog::open(&path, 0),
+            Err(LogError::Empty { bytes: 0, .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(DeltaLog::open(&path, 0), Err(LogError::Io { .. })));
     }
 }

@@ -15,6 +15,13 @@
 //! | [`config`] | every server setting and bound, validated |
 //! | [`client`] | a blocking client for the verify protocol |
 //! | [`keyset`] | generated key sets and key files for tests, demos and benchmarks |
+//! | [`control`] | the control plane: control port, key commands, group commit, compaction |
+//! | [`link`] | the link between the planes: messages, channels, capacities; the shutdown flag |
+//! | [`delta`] | the delta log: records, replay, torn tails and corruption |
+//! | [`overlay`] | a shard's view of the changes since its snapshot |
+//! | [`token`] | derived capability tokens: format, MAC chain, attenuation |
+//! | [`admin`] | the control protocol's messages and a blocking admin client |
+//! | [`throttle`] | rate-limited log lines for what the world can provoke |
 
 pub mod admin;
 pub mod client;
@@ -24,11 +31,13 @@ pub mod credential;
 pub mod datadir;
 pub mod delta;
 pub mod keyset;
+pub mod link;
 pub mod overlay;
 pub mod protocol;
 pub mod record;
 pub mod server;
 pub mod shard;
 pub mod snapshot;
+pub mod throttle;
 pub mod token;
 pub mod verify;

@@ -53,6 +53,20 @@ struct ServeArgs {
     /// Close connections idle this long, in milliseconds [default: 300000]
     #[arg(long, value_name = "MS")]
     idle_timeout_ms: Option<u64>,
+    /// A frame must arrive whole within this of its first byte, in milliseconds [default: 10000]
+    #[arg(long, value_name = "MS")]
+    frame_timeout_ms: Option<u64>,
+    /// Close control connections silent this long between requests, in milliseconds
+    /// [default: 60000]
+    #[arg(long, value_name = "MS")]
+    control_idle_timeout_ms: Option<u64>,
+    /// Bytes one shard may hold in read buffers grown for large frames [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    frame_buffer_bytes_per_shard_max: Option<usize>,
+    /// Keep retrying to bind a port still held (e.g. by a server just killed) this long, in
+    /// milliseconds [default: 2000]
+    #[arg(long, value_name = "MS")]
+    bind_retry_ms: Option<u64>,
     /// Microseconds an idle shard spins before it sleeps: lower saves idle CPU, higher cuts
     /// latency at low load [default: 200]
     #[arg(long, value_name = "US")]
@@ -101,6 +115,10 @@ impl ServeArgs {
             connections_per_shard_max,
             frame_body_bytes_max,
             idle_timeout_ms,
+            frame_timeout_ms,
+            control_idle_timeout_ms,
+            frame_buffer_bytes_per_shard_max,
+            bind_retry_ms,
             spin_before_park_us,
             listen_backlog,
             io_memory_bytes,

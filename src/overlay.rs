@@ -250,6 +250,13 @@ impl<'t> TableView<'t> {
             .map(|r| Found::Mapped(self.snapshot, r))
     }
 
+    /// A stored hash to compare against when a lookup by `key` found nothing (see
+    /// [`Snapshot::decoy_hash`]).
+    #[inline]
+    pub fn decoy_hash(&self, key: u64) -> Option<&'t SecretHash> {
+        self.snapshot.decoy_hash(key)
+    }
+
     /// Finds an imported key by the fingerprint of its hash. A snapshot record that the overlay
     /// has replaced (revoked, updated) is returned in its overlay version.
     #[inline]

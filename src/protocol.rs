@@ -114,9 +114,10 @@ impl std::fmt::Display for Status {
     }
 }
 
-/// Codes carried by an ERROR frame.
+/// Codes carried by an ERROR frame, on both ports: every wire error code is here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// Header version is not 1. Fatal: the connection is closed.
     BadVersion = 1,
@@ -128,21 +129,41 @@ pub enum ErrorCode {
     UnknownOpcode = 4,
     /// The body does not parse for its opcode; the frame was skipped. The connection stays open.
     BadBody = 5,
-    /// The shard is at its connection limit. Fatal.
+    /// The server is at a limit (connections, buffer memory, file descriptors). Fatal.
     Busy = 6,
+    /// Control port: the admin token is missing or wrong. Fatal: the connection is closed.
+    Unauthorized = 7,
+    /// Control port: no such key.
+    NotFound = 8,
+    /// Control port: the request is well-formed but not allowed (bounds, state, id range).
+    Invalid = 9,
+    /// Control port: conflicts with work in progress (e.g. a compaction already running).
+    Conflict = 10,
+    /// The server cannot do it now (control plane stopping, compaction failed); try again.
+    Unavailable = 11,
+    /// A frame took longer than the frame timeout to arrive, or the connection was idle past
+    /// its idle timeout. Fatal.
+    Timeout = 12,
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadVersion,
+        ErrorCode::BadFlags,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnknownOpcode,
+        ErrorCode::BadBody,
+        ErrorCode::Busy,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+        ErrorCode::Invalid,
+        ErrorCode::Conflict,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+    ];
+
     pub fn from_u8(value: u8) -> Option<ErrorCode> {
-        Some(match value {
-            1 => ErrorCode::BadVersion,
-            2 => ErrorCode::BadFlags,
-            3 => ErrorCode::FrameTooLarge,
-            4 => ErrorCode::UnknownOpcode,
-            5 => ErrorCode::BadBody,
-            6 => ErrorCode::Busy,
-            _ => return None,
-        })
+        ErrorCode::ALL.into_iter().find(|code| *code as u8 == value)
     }
 
     /// Whether the server closes the connection after sending this error.
@@ -153,6 +174,8 @@ impl ErrorCode {
                 | ErrorCode::BadFlags
                 | ErrorCode::FrameTooLarge
                 | ErrorCode::Busy
+                | ErrorCode::Unauthorized
+                | ErrorCode::Timeout
         )
     }
 }
@@ -201,33 +224,42 @@ impl Frame<'_> {
     }
 }
 
-/// Finds the first frame in `buffer`. `Ok(None)`: more bytes are needed. The header is checked
-/// (version, flags, length against `body_bytes_max`) as soon as its 12 bytes are present.
-pub fn decode_frame(buffer: &[u8], body_bytes_max: usize) -> Result<Option<Frame<'_>>, FrameError> {
-    let Some(header) = buffer.get(..HEADER_BYTES) else {
-        return Ok(None);
-    };
-    if header[0] != VERSION {
-        return Err(FrameError::Version(header[0]));
+/// Checks a frame header (version, flags, length against `body_bytes_max`) and decodes it.
+pub fn decode_header(
+    header: &[u8; HEADER_BYTES],
+    body_bytes_max: usize,
+) -> Result<FrameHeader, FrameError> {
+    let [version, opcode, flags_low, flags_high, r0, r1, r2, r3, b0, b1, b2, b3] = *header;
+    if version != VERSION {
+        return Err(FrameError::Version(version));
     }
-    let flags = u16::from_le_bytes([header[2], header[3]]);
+    let flags = u16::from_le_bytes([flags_low, flags_high]);
     if flags != 0 {
         return Err(FrameError::Flags(flags));
     }
-    let body_bytes = u32::from_le_bytes(header[8..12].try_into().unwrap());
+    let body_bytes = u32::from_le_bytes([b0, b1, b2, b3]);
     if body_bytes as usize > body_bytes_max {
         return Err(FrameError::TooLarge {
             declared: body_bytes,
             limit: body_bytes_max,
         });
     }
-    let Some(body) = buffer.get(HEADER_BYTES..HEADER_BYTES + body_bytes as usize) else {
+    Ok(FrameHeader {
+        opcode,
+        request_id: u32::from_le_bytes([r0, r1, r2, r3]),
+        body_bytes,
+    })
+}
+
+/// Finds the first frame in `buffer`. `Ok(None)`: more bytes are needed. The header is checked
+/// (version, flags, length against `body_bytes_max`) as soon as its 12 bytes are present.
+pub fn decode_frame(buffer: &[u8], body_bytes_max: usize) -> Result<Option<Frame<'_>>, FrameError> {
+    let Some((header, rest)) = buffer.split_first_chunk::<HEADER_BYTES>() else {
         return Ok(None);
     };
-    let header = FrameHeader {
-        opcode: header[1],
-        request_id: u32::from_le_bytes(header[4..8].try_into().unwrap()),
-        body_bytes,
+    let header = decode_header(header, body_bytes_max)?;
+    let Some(body) = rest.get(..header.body_bytes as usize) else {
+        return Ok(None);
     };
     Ok(Some(Frame { header, body }))
 }
@@ -272,6 +304,14 @@ pub enum BodyError {
     AddressFamily,
     #[error("batch must hold 1 to {BATCH_ITEMS_MAX} items")]
     BatchCount,
+    #[error("a DERIVE holds at most {DERIVE_ITEMS_MAX} {0}")]
+    DeriveItems(&'static str),
+    #[error("address range prefix length {0} is over 128")]
+    PrefixLength(u8),
+    #[error("address range on an IPv4 network (::ffff:a.b.c.d) has prefix length {0}: it counts from 96 (::ffff:0:0/96), so an IPv4 /N is 96+N; below 96 it would cover more than IPv4")]
+    MappedPrefix(u8),
+    #[error("REVOKE_SELF carries a credential only: its scope, tenant and address must be empty")]
+    RevokeSelfFields,
     #[error("PING carries no body")]
     PingBody,
     #[error("unknown status {0}")]
@@ -369,6 +409,29 @@ fn read_verify<'a>(reader: &mut Reader<'a>) -> Result<VerifyRequest<'a>, BodyErr
         tenant: (!tenant.is_empty()).then_some(tenant),
         address,
     })
+}
+
+/// Checks an address range from the wire: a prefix length of at most 128, and at least 96 on
+/// an IPv4-mapped network (`::ffff:0:0/96`), where a shorter prefix would silently reach past
+/// IPv4 (`::ffff:10.0.0.0` with 8 would mean `::/8`). Bits past the prefix are ignored.
+pub fn check_range(network: &[u8; 16], prefix_len: u8) -> Result<(), BodyError> {
+    if prefix_len > 128 {
+        return Err(BodyError::PrefixLength(prefix_len));
+    }
+    let ipv4_mapped = network[..10].iter().all(|&b| b == 0) && network[10..12] == [0xff, 0xff];
+    if ipv4_mapped && prefix_len < 96 {
+        return Err(BodyError::MappedPrefix(prefix_len));
+    }
+    Ok(())
+}
+
+/// Parses a REVOKE_SELF body: a VERIFY body whose scope, tenant and address are empty.
+pub fn parse_revoke_self(body: &[u8]) -> Result<VerifyRequest<'_>, BodyError> {
+    let request = parse_verify(body)?;
+    if request.scope.is_some() || request.tenant.is_some() || request.address.is_some() {
+        return Err(BodyError::RevokeSelfFields);
+    }
+    Ok(request)
 }
 
 /// Parses a VERIFY body.
@@ -631,20 +694,16 @@ pub fn parse_batch_result(body: &[u8]) -> Result<Vec<VerifyResult>, BodyError> {
 }
 
 /// Appends a whole ERROR frame.
+/// Appends a whole ERROR frame. The message is cut, at a character boundary, to
+/// [`ERROR_MESSAGE_BYTES_MAX`].
 pub fn put_error_frame(out: &mut Vec<u8>, request_id: u32, code: ErrorCode, message: &str) {
-    put_error_frame_code(out, request_id, code as u8, message);
-}
-
-/// Appends a whole ERROR frame with a raw code (the control port adds codes of its own). The
-/// message is cut, at a character boundary, to [`ERROR_MESSAGE_BYTES_MAX`].
-pub fn put_error_frame_code(out: &mut Vec<u8>, request_id: u32, code: u8, message: &str) {
     let mut end = message.len().min(ERROR_MESSAGE_BYTES_MAX);
     while !message.is_char_boundary(end) {
         end -= 1;
     }
     let message = &message[..end];
     put_header(out, opcode::ERROR, request_id, 1 + 2 + message.len());
-    out.push(code);
+    out.push(code as u8);
     out.extend_from_slice(&(message.len() as u16).to_le_bytes());
     out.extend_from_slice(message.as_bytes());
 }
@@ -765,7 +824,7 @@ pub fn parse_derive(body: &[u8]) -> Result<DeriveRequest<'_>, BodyError> {
     let ttl_seconds = u32::from_le_bytes(reader.take(4)?.try_into().unwrap());
     let count = usize::from(reader.u8()?);
     if count > DERIVE_ITEMS_MAX {
-        return Err(BodyError::BatchCount);
+        return Err(BodyError::DeriveItems("scopes"));
     }
     let mut scopes = Vec::with_capacity(count);
     for _ in 0..count {
@@ -782,20 +841,18 @@ pub fn parse_derive(body: &[u8]) -> Result<DeriveRequest<'_>, BodyError> {
     let tenant = reader.take(tenant_bytes)?;
     let count = usize::from(reader.u8()?);
     if count > DERIVE_ITEMS_MAX {
-        return Err(BodyError::BatchCount);
+        return Err(BodyError::DeriveItems("address ranges"));
     }
     let mut ranges = Vec::with_capacity(count);
     for _ in 0..count {
-        let network: [u8; 16] = reader.take(16)?.try_into().unwrap();
+        let network: [u8; 16] = reader.array::<16>()?;
         let prefix_len = reader.u8()?;
-        if prefix_len > 128 {
-            return Err(BodyError::AddressFamily);
-        }
+        check_range(&network, prefix_len)?;
         ranges.push((network, prefix_len));
     }
     let count = usize::from(reader.u8()?);
     if count > DERIVE_ITEMS_MAX {
-        return Err(BodyError::BatchCount);
+        return Err(BodyError::DeriveItems("claims"));
     }
     let mut claims = Vec::with_capacity(count);
     for _ in 0..count {

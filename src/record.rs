@@ -216,6 +216,8 @@ pub struct KeyRecord {
 pub enum RecordError {
     #[error("key id 0 is reserved")]
     ZeroId,
+    #[error("key id {0} is above the largest id, {max}", max = KeyId::MAX)]
+    IdRange(u64),
     #[error("tenant name is longer than {TENANT_BYTES_MAX} bytes")]
     TenantLength,
     #[error("key name is longer than {NAME_BYTES_MAX} bytes")]
@@ -237,6 +239,9 @@ impl KeyRecord {
     pub fn validate(&self) -> Result<(), RecordError> {
         if self.id.0 == 0 {
             return Err(RecordError::ZeroId);
+        }
+        if self.id.0 > KeyId::MAX {
+            return Err(RecordError::IdRange(self.id.0));
         }
         if self.tenant.len() > TENANT_BYTES_MAX {
             return Err(RecordError::TenantLength);

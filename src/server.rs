@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::os::unix::io::IntoRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,9 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::control::{self, ControlSettings, ControlStart};
 use crate::datadir::{DataDir, DataDirError};
 use crate::delta::{self, Delta, DeltaLog, LogError};
-use crate::shard::{self, ShardLink, ShardReport, ShardSettings, ShardStart};
+use crate::link;
+pub use crate::link::Shutdown;
+use crate::shard::{self, ShardReport, ShardSettings, ShardStart};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::verify::Verifier;
 
@@ -46,29 +47,6 @@ pub enum ServerError {
     ShardPanicked(usize),
 }
 
-/// A flag that asks the server to stop; cheap to clone, safe to set from a signal handler.
-#[derive(Clone, Debug, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
-
-impl Shutdown {
-    pub fn new() -> Shutdown {
-        Shutdown::default()
-    }
-
-    pub fn trigger(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    /// The flag itself, for `signal_hook::flag::register`.
-    pub fn flag(&self) -> Arc<AtomicBool> {
-        self.0.clone()
-    }
-}
-
 /// What a started server tells its caller.
 #[derive(Clone, Debug)]
 pub struct Ready {
@@ -97,7 +75,7 @@ pub fn run(
     let (log, replay) = DeltaLog::open(&log_path, snapshot.header().sequence)?;
     if let Some((offset, dropped, reason)) = &replay.cut {
         eprintln!(
-            "keyward: warning: {}: cut a torn or corrupt tail at byte offset {offset} ({dropped} bytes dropped: {reason}); every acknowledged change before it is kept",
+            "keyward: warning: {}: cut a torn tail at byte offset {offset} ({dropped} bytes dropped: {reason}; nothing valid follows it); every change before it is kept",
             log_path.display()
         );
     }
@@ -111,6 +89,9 @@ pub fn run(
     ));
     let cpus = choose_cpus(&config);
 
+    raise_file_limit(&config, cpus.len());
+    let bind_retry = Duration::from_millis(config.bind_retry_ms);
+    wait_until_free(config.listen, bind_retry)?;
     let mut address = config.listen;
     let mut listeners = Vec::with_capacity(cpus.len());
     for _ in &cpus {
@@ -123,35 +104,14 @@ pub fn run(
         listeners.push(socket);
     }
 
+    wait_until_free(config.control, bind_retry)?;
     let control_listener = bind_listener(config.control, config.listen_backlog, false)?;
     let control_address = control_listener
         .local_addr()
         .ok()
         .and_then(|a| a.as_socket())
         .unwrap_or(config.control);
-    let mut links = Vec::with_capacity(cpus.len());
-    let mut to_shards = Vec::with_capacity(cpus.len());
-    let mut from_shards = Vec::with_capacity(cpus.len());
-    let mut self_service = Vec::with_capacity(cpus.len());
-    for _ in &cpus {
-        let (sender, inbox) =
-            glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
-        let (acks, receiver) =
-            glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
-        let (revocations, revocation_requests) =
-            glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
-        let (revocation_answers, revoked) =
-            glommio::channels::shared_channel::new_bounded(control::SHARD_CHANNEL_CAPACITY);
-        links.push(ShardLink {
-            inbox,
-            acks,
-            revocations,
-            revoked,
-        });
-        self_service.push((revocation_requests, revocation_answers));
-        to_shards.push(sender);
-        from_shards.push(receiver);
-    }
+    let (links, control_links) = link::build(cpus.len());
 
     let settings = ShardSettings {
         token_ttl_max_seconds: config.token_ttl_max_seconds,
@@ -160,6 +120,8 @@ pub fn run(
         connections_max: config.connections_per_shard_max,
         frame_body_bytes_max: config.frame_body_bytes_max,
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        frame_timeout: Duration::from_millis(config.frame_timeout_ms),
+        frame_buffer_bytes_max: config.frame_buffer_bytes_per_shard_max,
         read_poll: Duration::from_micros(config.spin_before_park_us),
     };
     let mut handles = Vec::with_capacity(cpus.len());
@@ -208,15 +170,15 @@ pub fn run(
         token_prefix: config.token_prefix.clone(),
         token_ttl_max_seconds: config.token_ttl_max_seconds,
         token_root: verifier.token_root().clone(),
+        idle_timeout: Duration::from_millis(config.control_idle_timeout_ms),
+        frame_timeout: Duration::from_millis(config.frame_timeout_ms),
     };
     let control_start = ControlStart {
         listener_fd: control_listener.into_raw_fd(),
         snapshot: snapshot.clone(),
         log,
         replayed: replayed.clone(),
-        to_shards,
-        from_shards,
-        self_service,
+        links: control_links,
     };
     let control_shutdown = shutdown.clone();
     let control_handle = LocalExecutorBuilder::new(Placement::Unbound)
@@ -282,6 +244,93 @@ fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
         .map(|i| available[i % available.len()])
         .collect()
 }
+
+/// Descriptors kept for what is not a connection: rings, eventfds, listeners, the log, the
+/// snapshot, standard streams (measured: about 40 with 2 shards), with room to spare.
+const FILES_RESERVED: u64 = 64;
+const FILES_RESERVED_PER_SHARD: u64 = 16;
+
+/// Raises the soft open-files limit to the hard one, and warns when even that cannot hold every
+/// connection the settings allow (past it new connections get `busy`).
+fn raise_file_limit(config: &ServerConfig, shards: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let connections = shards as u64 * config.connections_per_shard_max as u64;
+    let needed = connections
+        + crate::control::CONTROL_CONNECTIONS_MAX as u64
+        + FILES_RESERVED
+        + FILES_RESERVED_PER_SHARD * shards as u64;
+    if needed > limit.rlim_cur {
+        eprintln!(
+            "keyward: warning: the open-files limit is {} (hard limit {}), but {shards} shard(s) x \
+             connections_per_shard_max {} = {connections} connections need about {needed}; \
+             past the limit new connections get `busy`. Raise it (ulimit -n, LimitNOFILE=) or \
+             lower connections_per_shard_max",
+            limit.rlim_cur, limit.rlim_max, config.connections_per_shard_max
+        );
+    }
+}
+
+/// Waits, for at most `retry`, until nothing listens on `address`: a server killed a moment ago
+/// leaves its listening sockets to the kernel for some milliseconds (measured ~17 ms), during
+/// which binding fails and, on a shared port, new connections land on the dead listeners. A
+/// probe socket without SO_REUSEPORT cannot bind while any listener holds the port, so once it
+/// binds, the port is ours to share among the shards. It also makes a second server on the same
+/// port fail instead of quietly taking a share of its connections.
+fn wait_until_free(address: SocketAddr, retry: Duration) -> Result<(), ServerError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if address.port() == 0 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let error = |source| ServerError::Bind { address, source };
+        let probe = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(error)?;
+        probe.set_reuse_address(true).map_err(error)?;
+        match probe.bind(&address.into()) {
+            Ok(()) => {
+                let waited = started.elapsed();
+                if waited > Duration::ZERO && waited >= BIND_RETRY_PAUSE {
+                    eprintln!(
+                        "keyward: {address} was still held (by a server just stopped?); bound after {} ms",
+                        waited.as_millis()
+                    );
+                }
+                return Ok(());
+            }
+            Err(source)
+                if source.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < retry =>
+            {
+                std::thread::sleep(BIND_RETRY_PAUSE);
+            }
+            Err(source) => return Err(error(source)),
+        }
+    }
+}
+
+/// Pause between two tries to bind a port still in use.
+const BIND_RETRY_PAUSE: Duration = Duration::from_millis(2);
 
 /// A listening socket with our own backlog, handed to glommio by file descriptor; with
 /// SO_REUSEPORT for the verify port (every shard binds it), without for the control port (one

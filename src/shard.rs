@@ -17,16 +17,18 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::collections::HashMap;
 
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::ConnectedSender;
 
 use crate::credential::{self, KeyId};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::delta::Delta;
+use crate::link::{
+    Applied, RevocationAnswer, RevocationRequest, ShardLink, ShardMessage, Shutdown,
+};
 use crate::overlay::{Overlay, TableView};
 use crate::protocol::{self, opcode, ErrorCode, Frame, Status};
 use crate::record::UnixSeconds;
-use crate::server::Shutdown;
 use crate::snapshot::Snapshot;
 use crate::verify::{self, Verifier};
 
@@ -43,6 +45,8 @@ pub const READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
 pub const WRITE_FLUSH_BYTES: usize = 256 * 1024;
 /// How often an idle shard looks at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// Most waiting connections refused in one go when out of file descriptors.
+const REFUSE_BATCH_MAX: u64 = 256;
 /// Back-off after a failed accept (EMFILE and friends leave the connection queued, so an
 /// immediate retry would spin).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
@@ -57,6 +61,10 @@ pub struct ShardSettings {
     pub connections_max: usize,
     pub frame_body_bytes_max: usize,
     pub idle_timeout: Duration,
+    /// A frame must arrive whole within this of its first byte.
+    pub frame_timeout: Duration,
+    /// Bytes of read buffers grown past [`READ_BUFFER_BYTES_INITIAL`] the shard may hold at once.
+    pub frame_buffer_bytes_max: usize,
     /// How long a connection keeps trying non-blocking receives (yielding to the shard's other
     /// tasks in between) before it waits on io_uring; zero waits at once. Follows
     /// `spin_before_park_us`: both trade CPU the shard owns anyway for latency.
@@ -72,29 +80,6 @@ pub struct ShardReport {
     pub by_status: [u64; Status::ALL.len()],
     pub errors_sent: u64,
 }
-
-/// What the control plane sends a shard.
-pub enum ShardMessage {
-    /// Apply this delta to the overlay (deltas arrive in sequence order).
-    Apply(Arc<Delta>),
-    /// Switch to this snapshot and drop the overlay entries it includes.
-    Switch(Arc<Snapshot>),
-}
-
-/// A shard's two channels to the control plane: deltas in, applied sequence numbers out.
-pub struct ShardLink {
-    pub inbox: SharedReceiver<ShardMessage>,
-    pub acks: SharedSender<u64>,
-    /// Self-service revocations, forwarded to the control plane: (ticket, key id).
-    pub revocations: SharedSender<(u64, KeyId)>,
-    /// The control plane's answers: (ticket, done).
-    pub revoked: SharedReceiver<(u64, bool)>,
-}
-
-/// A self-service revocation forwarded to the control plane: (ticket, key id).
-pub type RevocationRequest = (u64, KeyId);
-/// The control plane's answer: (ticket, done).
-pub type RevocationAnswer = (u64, bool);
 
 /// Self-service revocations waiting for the control plane, by ticket.
 #[derive(Default)]
@@ -128,6 +113,12 @@ struct ShardState {
     revocations: Revocations,
     /// Connections polling their sockets right now (see `read_soon`).
     pollers: Cell<usize>,
+    /// Bytes of read buffers grown past their first size, over every connection.
+    frame_buffer_bytes: Cell<usize>,
+    /// A descriptor kept open to be given up when accept fails for want of descriptors, so the
+    /// waiting connection can be accepted and told `busy` instead of hanging in the backlog.
+    spare_fd: Cell<Option<std::fs::File>>,
+    accept_failures: crate::throttle::Throttled,
 }
 
 /// The shard's main future: accept until shutdown, then return the counters.
@@ -163,18 +154,16 @@ pub async fn serve(
         errors_sent: Cell::new(0),
         revocations: Revocations::default(),
         pollers: Cell::new(0),
+        frame_buffer_bytes: Cell::new(0),
+        spare_fd: Cell::new(std::fs::File::open("/dev/null").ok()),
+        accept_failures: Default::default(),
     });
     // The apply task shares the shard's one task queue. A second queue (with a latency bound)
     // measured no gain, and glommio 0.9 can park an executor for good while a second queue is
     // runnable (fixed upstream after 0.9): a shard that never wakes would stall every change.
     glommio::spawn_local(apply_loop(link, state.clone())).detach();
-    let accepting = accept_loop(&listener, &state);
-    let stopping = async {
-        while !shutdown.is_triggered() {
-            glommio::timer::sleep(SHUTDOWN_POLL).await;
-        }
-    };
-    futures_lite::future::or(accepting, stopping).await;
+    let accepting = accept_loop(&listener, listener_fd, &state);
+    futures_lite::future::or(accepting, shutdown.triggered(SHUTDOWN_POLL)).await;
     ShardReport {
         shard: index,
         connections_accepted: state.connections_accepted.get(),
@@ -200,7 +189,7 @@ async fn apply_loop(link: ShardLink, state: Rc<ShardState>) {
     let answers = revoked.connect().await;
     let answering = state.clone();
     glommio::spawn_local(async move {
-        while let Some((ticket, done)) = answers.recv().await {
+        while let Some(RevocationAnswer { ticket, done }) = answers.recv().await {
             if let Some(waiter) = answering.revocations.waiting.borrow_mut().remove(&ticket) {
                 let _ = waiter.try_send(done);
             }
@@ -212,23 +201,43 @@ async fn apply_loop(link: ShardLink, state: Rc<ShardState>) {
             ShardMessage::Apply(delta) => state.overlay.borrow_mut().apply(&delta),
             ShardMessage::Switch(snapshot) => {
                 let included = snapshot.header().sequence;
+                let mut overlay = state.overlay.borrow_mut();
+                assert!(
+                    included <= overlay.sequence(),
+                    "a shard switches only to a snapshot it has applied every delta of"
+                );
                 *state.snapshot.borrow_mut() = snapshot;
-                state.overlay.borrow_mut().drop_through(included);
+                overlay.drop_through(included);
             }
         }
-        let applied = state.overlay.borrow().sequence();
+        let applied = Applied(state.overlay.borrow().sequence());
         if acks.send(applied).await.is_err() {
             return;
         }
     }
 }
 
-async fn accept_loop(listener: &TcpListener, state: &Rc<ShardState>) {
+async fn accept_loop(listener: &TcpListener, listener_fd: RawFd, state: &Rc<ShardState>) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
-                eprintln!("keyward: accept failed: {error}; backing off");
+                let refused = match error.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE) => {
+                        refuse_without_descriptors(listener_fd, state)
+                    }
+                    _ => 0,
+                };
+                state
+                    .connections_refused
+                    .set(state.connections_refused.get() + refused);
+                state.accept_failures.log(|| {
+                    format!(
+                        "accept failed: {error}; {refused} waiting connection(s) told busy; \
+                         raise the open-files limit (ulimit -n, LimitNOFILE=) or lower \
+                         connections_per_shard_max"
+                    )
+                });
                 glommio::timer::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
@@ -253,6 +262,52 @@ async fn accept_loop(listener: &TcpListener, state: &Rc<ShardState>) {
     }
 }
 
+/// Out of descriptors: gives up the spare one, and accepts and answers `busy` to the
+/// connections waiting in the backlog (at most [`REFUSE_BATCH_MAX`]), closing each; then takes
+/// the spare again. Returns how many were refused.
+fn refuse_without_descriptors(listener_fd: RawFd, state: &ShardState) -> u64 {
+    let Some(spare) = state.spare_fd.take() else {
+        return 0;
+    };
+    drop(spare);
+    let mut busy = Vec::new();
+    protocol::put_error_frame(
+        &mut busy,
+        0,
+        ErrorCode::Busy,
+        "the server is out of file descriptors",
+    );
+    let mut refused = 0;
+    while refused < REFUSE_BATCH_MAX {
+        // SAFETY: accept4 on the shard's listening socket; no address is asked for.
+        let fd = unsafe {
+            libc::accept4(
+                listener_fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            break;
+        }
+        // SAFETY: `fd` is the connection just accepted, owned here and closed right after; a
+        // fresh socket's send buffer takes the small frame without blocking.
+        unsafe {
+            libc::send(
+                fd,
+                busy.as_ptr().cast(),
+                busy.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+            libc::close(fd);
+        }
+        refused += 1;
+    }
+    state.spare_fd.set(std::fs::File::open("/dev/null").ok());
+    refused
+}
+
 async fn refuse(mut stream: TcpStream) {
     let mut out = Vec::new();
     protocol::put_error_frame(
@@ -265,33 +320,116 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-/// Serves one connection until the peer closes, idles out, or breaks the framing.
+/// A connection's read buffer: it starts at [`READ_BUFFER_BYTES_INITIAL`], grows to exactly what
+/// a larger pending frame needs (charged to the shard's `frame_buffer_bytes`), and shrinks back
+/// once that frame is answered.
+struct ReadBuffer<'s> {
+    bytes: Vec<u8>,
+    filled: usize,
+    state: &'s ShardState,
+}
+
+impl ReadBuffer<'_> {
+    fn grown(&self) -> usize {
+        self.bytes.len().saturating_sub(READ_BUFFER_BYTES_INITIAL)
+    }
+
+    /// Makes room for the whole pending frame; false when the shard's budget cannot take it.
+    fn make_room(&mut self, frame_bytes: usize) -> bool {
+        if frame_bytes <= self.bytes.len() {
+            return true;
+        }
+        let more = frame_bytes - self.bytes.len();
+        let in_use = self.state.frame_buffer_bytes.get();
+        if in_use + more > self.state.settings.frame_buffer_bytes_max {
+            return false;
+        }
+        self.state.frame_buffer_bytes.set(in_use + more);
+        self.bytes.resize(frame_bytes, 0);
+        true
+    }
+
+    /// Back to the first size once what is left fits in it.
+    fn shrink(&mut self) {
+        if self.grown() > 0 && self.filled <= READ_BUFFER_BYTES_INITIAL {
+            let grown = self.grown();
+            self.state
+                .frame_buffer_bytes
+                .set(self.state.frame_buffer_bytes.get() - grown);
+            self.bytes.truncate(READ_BUFFER_BYTES_INITIAL);
+            self.bytes.shrink_to_fit();
+        }
+    }
+}
+
+impl Drop for ReadBuffer<'_> {
+    fn drop(&mut self) {
+        let grown = self.grown();
+        self.state
+            .frame_buffer_bytes
+            .set(self.state.frame_buffer_bytes.get() - grown);
+    }
+}
+
+/// Serves one connection until the peer closes, idles out, is too slow, or breaks the framing.
 async fn connection(mut stream: TcpStream, state: &ShardState) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(state.settings.idle_timeout))?;
-    let frame_bytes_max = protocol::HEADER_BYTES + state.settings.frame_body_bytes_max;
-    let mut input = vec![0u8; READ_BUFFER_BYTES_INITIAL.min(frame_bytes_max)];
-    let mut filled = 0usize;
+    let settings = &state.settings;
+    let mut input = ReadBuffer {
+        bytes: vec![0u8; READ_BUFFER_BYTES_INITIAL],
+        filled: 0,
+        state,
+    };
     let mut output: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES_INITIAL);
+    // When the first byte of the frame still pending arrived.
+    let mut frame_started: Option<std::time::Instant> = None;
     loop {
-        if filled == input.len() {
-            // A frame larger than the buffer is pending (its header passed the size check).
-            input.resize(frame_bytes_max, 0);
+        if input.filled == input.bytes.len() {
+            // A whole buffer and no whole frame: the pending frame is larger than the buffer
+            // (its header passed the size check when it was decoded).
+            let header = input.bytes.first_chunk::<{ protocol::HEADER_BYTES }>();
+            let frame_bytes = header
+                .and_then(|h| protocol::decode_header(h, settings.frame_body_bytes_max).ok())
+                .map_or(0, |h| protocol::HEADER_BYTES + h.body_bytes as usize);
+            if !input.make_room(frame_bytes) {
+                let message = "the shard's memory for large frames is in use; retry later";
+                protocol::put_error_frame(&mut output, 0, ErrorCode::Busy, message);
+                state.errors_sent.set(state.errors_sent.get() + 1);
+                stream.write_all(&output).await?;
+                return stream.close().await;
+            }
         }
-        let read = match read_soon(&mut stream, &mut input[filled..], state).await {
+        let timeout = match frame_started {
+            None => settings.idle_timeout,
+            Some(started) => {
+                let left = (started + settings.frame_timeout)
+                    .saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return frame_too_slow(stream, state, &mut output).await;
+                }
+                left
+            }
+        };
+        stream.set_read_timeout(Some(timeout))?;
+        let filled = input.filled;
+        let read = match read_soon(&mut stream, &mut input.bytes[filled..], state).await {
             Ok(0) => return Ok(()),
             Ok(read) => read,
-            Err(error) if error.kind() == ErrorKind::TimedOut => return Ok(()),
+            Err(error) if error.kind() == ErrorKind::TimedOut => match frame_started {
+                None => return Ok(()), // idle: close without a word, as documented
+                Some(_) => return frame_too_slow(stream, state, &mut output).await,
+            },
             Err(error) => return Err(error),
         };
-        filled += read;
+        input.filled += read;
+        let filled = input.filled;
         let now = UnixSeconds::now();
-        prefetch_table(state, &input[..filled]);
+        prefetch_table(state, &input.bytes[..filled]);
         let mut consumed = 0;
         let fatal = loop {
             match protocol::decode_frame(
-                &input[consumed..filled],
-                state.settings.frame_body_bytes_max,
+                &input.bytes[consumed..filled],
+                settings.frame_body_bytes_max,
             ) {
                 Ok(Some(frame)) if frame.header.opcode == opcode::REVOKE_SELF => {
                     consumed += frame.bytes();
@@ -317,17 +455,44 @@ async fn connection(mut stream: TcpStream, state: &ShardState) -> std::io::Resul
                 }
             }
         };
-        input.copy_within(consumed..filled, 0);
-        filled -= consumed;
+        input.bytes.copy_within(consumed..filled, 0);
+        input.filled -= consumed;
+        input.shrink();
+        frame_started = match (input.filled, consumed) {
+            (0, _) => None,
+            // Something of a new frame is pending: its clock starts now.
+            (_, 1..) => Some(std::time::Instant::now()),
+            (_, 0) => frame_started.or_else(|| Some(std::time::Instant::now())),
+        };
         if !output.is_empty() {
             stream.write_all(&output).await?;
             output.clear();
+            if output.capacity() > WRITE_FLUSH_BYTES {
+                // A large batch's answers: do not keep their memory on an idle connection.
+                output.shrink_to(READ_BUFFER_BYTES_INITIAL);
+            }
         }
         if fatal {
             stream.close().await?;
             return Ok(());
         }
     }
+}
+
+/// Ends a connection whose pending frame did not arrive within the frame timeout.
+async fn frame_too_slow(
+    mut stream: TcpStream,
+    state: &ShardState,
+    output: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let message = format!(
+        "a frame must arrive whole within {} ms of its first byte",
+        state.settings.frame_timeout.as_millis()
+    );
+    protocol::put_error_frame(output, 0, ErrorCode::Timeout, &message);
+    state.errors_sent.set(state.errors_sent.get() + 1);
+    stream.write_all(output).await?;
+    stream.close().await
 }
 
 /// Reads like `stream.read`, but first keeps trying non-blocking receives for up to
@@ -400,7 +565,7 @@ async fn revoke_self(
     now: UnixSeconds,
     output: &mut Vec<u8>,
 ) {
-    let request = match protocol::parse_verify(body) {
+    let request = match protocol::parse_revoke_self(body) {
         Ok(request) => request,
         Err(error) => return bad_body(state, output, request_id, error),
     };
@@ -430,7 +595,7 @@ async fn revoke_self(
             true => Status::Revoked,
             false => {
                 let message = "the control plane is not available; try again";
-                protocol::put_error_frame_code(output, request_id, 11, message);
+                protocol::put_error_frame(output, request_id, ErrorCode::Unavailable, message);
                 return;
             }
         },
@@ -454,7 +619,11 @@ async fn forward_revocation(state: &ShardState, id: KeyId) -> bool {
         .waiting
         .borrow_mut()
         .insert(ticket, waiter);
-    if sender.send((ticket, id)).await.is_err() {
+    if sender
+        .send(RevocationRequest { ticket, key: id })
+        .await
+        .is_err()
+    {
         state.revocations.waiting.borrow_mut().remove(&ticket);
         return false;
     }

@@ -4,7 +4,8 @@
 //! 1. shape: a string with one of our prefixes must parse (length, alphabet, version, checksum),
 //!    anything else must be an imported-key candidate of 16..=512 bytes → otherwise `malformed`;
 //! 2. lookup and secret: keyed hash of the secret, compared in constant time with the record's
-//!    (or with a decoy when no record exists, so a miss costs the same) → otherwise `unknown`;
+//!    (or, when no record exists, with the hash of a decoy record loaded from the table, so a
+//!    miss does the same work and touches as much memory as a hit) → otherwise `unknown`;
 //! 3. only now, statuses that reveal something about the key: `revoked`, `expired`,
 //!    `not_yet_valid`, `tenant_mismatch`, `scope_denied`, `address_denied`, in that order.
 
@@ -84,7 +85,7 @@ impl Verifier {
                     .find(native.key_id)
                     .filter(|r| r.kind() == KeyKind::Native as u8)
                     .filter(|r| r.visibility() == record::visibility_to_u8(native.visibility));
-                self.match_secret(found, &presented)
+                self.match_secret(found, &presented, || table.decoy_hash(native.key_id.0))
             }
             Parsed::Malformed(_) => return Verdict::status(Status::Malformed),
             Parsed::Other => {
@@ -104,7 +105,8 @@ impl Verifier {
                 let found = table
                     .find_fingerprint(&presented)
                     .filter(|r| r.kind() == KeyKind::Imported as u8);
-                self.match_secret(found, &presented)
+                let fingerprint = credential::fingerprint(&presented);
+                self.match_secret(found, &presented, || table.decoy_hash(fingerprint))
             }
         };
         let Some(record) = record else {
@@ -149,16 +151,23 @@ impl Verifier {
         &self.token_root
     }
 
-    /// Constant-time comparison against the record's hash, or against the decoy when there is
-    /// no record, so hit and miss take the same time.
+    /// Constant-time comparison against the record's hash. With no record, the presented hash
+    /// is compared with a decoy record's hash from the table (`decoy`), so the miss loads a
+    /// record and compares like a hit: an unknown id and a known id with a wrong secret cost the
+    /// same work and touch the same amount of memory.
     #[inline]
     fn match_secret<'t>(
         &self,
         found: Option<Found<'t>>,
         presented: &SecretHash,
+        decoy: impl FnOnce() -> Option<&'t SecretHash>,
     ) -> Option<Found<'t>> {
-        let stored = found.as_ref().map_or(&self.decoy, |r| r.hash());
-        let equal = credential::hashes_equal(stored, presented);
+        let stored = match &found {
+            Some(record) => record.hash(),
+            None => decoy().unwrap_or(&self.decoy),
+        };
+        // black_box: the result of a decoy comparison is unused, and must not be optimised away.
+        let equal = std::hint::black_box(credential::hashes_equal(stored, presented));
         found.filter(|_| equal)
     }
 }

@@ -363,8 +363,9 @@ fn every_operation_needs_the_admin_token() {
     near_miss[last] = if near_miss[last] == b'0' { b'1' } else { b'0' };
     let near_miss = String::from_utf8(near_miss).unwrap();
     for token in ["", "kwadmin_wrong", near_miss.as_str()] {
-        let mut intruder = AdminClient::connect(server.control, token).unwrap();
         for (op, request) in &requests {
+            // A refused token closes the connection: each attempt needs a new one.
+            let mut intruder = AdminClient::connect(server.control, token).unwrap();
             let refused = intruder.call(*op, request);
             assert!(
                 matches!(

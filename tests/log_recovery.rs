@@ -1,5 +1,7 @@
-//! A delta log cut mid-record, or with a flipped byte, replays to the last good record: the
-//! server starts, says where it cut, and keeps every change before the damage.
+//! A delta log cut mid-record, or damaged in its last record (a torn tail), replays to the last
+//! good record: the server starts, says where it cut, and keeps every change before the damage.
+//! Damage followed by valid records is corruption: the server refuses to start and names the
+//! offset, and acknowledged changes after the damage (a revocation, here) are never undone.
 
 mod common;
 
@@ -84,23 +86,84 @@ fn log_cut_mid_record_replays_to_the_last_whole_record() {
 }
 
 #[test]
-fn flipped_byte_replays_to_the_record_before_it() {
+fn flipped_byte_in_the_last_record_is_a_torn_tail() {
     let directory = tempfile::tempdir().unwrap();
     let (credentials, offsets) = five_logged_keys(directory.path());
     let path = directory.path().join(delta::FILE_NAME);
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[offsets[3] + 20] ^= 0x10;
+    bytes[offsets[4] + 20] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
     let (stderr, statuses) = restart(directory.path(), &credentials);
     assert!(
-        stderr.contains(&format!("at byte offset {}", offsets[3])),
+        stderr.contains(&format!("at byte offset {}", offsets[4])),
         "{stderr}"
     );
     assert!(stderr.contains("checksum mismatch"), "{stderr}");
     use Status::*;
-    assert_eq!(statuses, vec![Valid, Valid, Valid, Unknown, Unknown]);
+    assert_eq!(statuses, vec![Valid, Valid, Valid, Valid, Unknown]);
     // New changes after the cut get the next sequence numbers and survive another restart.
     let server = common::Server::start(directory.path(), &[]);
     let answer = server.admin().call(opcode::STATS, &json!({})).unwrap();
-    assert_eq!(answer["sequence"], 3);
+    assert_eq!(answer["sequence"], 4);
+}
+
+/// Issues four keys and revokes the first; kills the server. Returns the credentials and each
+/// log record's offset (5 records: four issues, then the revocation).
+fn revocation_in_the_log(directory: &std::path::Path) -> (Vec<String>, Vec<usize>) {
+    let server = common::Server::start(directory, &[]);
+    let mut admin = server.admin();
+    let mut issue = |name: &str| {
+        let answer = admin.call(opcode::ISSUE, &json!({ "name": name })).unwrap();
+        answer["credential"].as_str().unwrap().to_string()
+    };
+    let credentials: Vec<String> = ["a", "b", "c", "d"].iter().map(|n| issue(n)).collect();
+    let revoked = admin
+        .call(opcode::REVOKE, &json!({ "credential": credentials[0] }))
+        .unwrap();
+    assert_eq!(revoked["key"]["status"], "revoked");
+    server.kill();
+    let bytes = std::fs::read(directory.join(delta::FILE_NAME)).unwrap();
+    let mut offsets = Vec::new();
+    let mut at = delta::FILE_HEADER_BYTES;
+    while at < bytes.len() {
+        offsets.push(at);
+        at += delta::decode(&bytes[at..]).unwrap().1;
+    }
+    assert_eq!(offsets.len(), 5);
+    (credentials, offsets)
+}
+
+fn assert_refused_as_corrupt(directory: &std::path::Path, offset: usize) {
+    let (status, stderr) = common::start_expecting_failure(directory, &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("damaged record at byte offset {offset}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("corruption, not a torn tail"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr:?}");
+}
+
+#[test]
+fn flipped_byte_before_valid_records_refuses_to_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_credentials, offsets) = revocation_in_the_log(directory.path());
+    let path = directory.path().join(delta::FILE_NAME);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offsets[2] + 20] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_refused_as_corrupt(directory.path(), offsets[2]);
+    // Nothing was cut: the file is as it was, so a restored record can still be recovered.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn huge_length_field_before_valid_records_refuses_to_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_credentials, offsets) = revocation_in_the_log(directory.path());
+    let path = directory.path().join(delta::FILE_NAME);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offsets[1]..offsets[1] + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    assert_refused_as_corrupt(directory.path(), offsets[1]);
 }

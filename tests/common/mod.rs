@@ -45,16 +45,25 @@ pub struct Server {
 }
 
 pub fn keyward_command(data_dir: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    keyward_command_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+}
+
+/// `keyward serve` on given verify and control addresses.
+pub fn keyward_command_at(data_dir: &Path, listen: &str, control: &str, extra: &[&str]) -> Command {
+    // KEYWARD_BIN runs the tests against another build of the server (an older release, say).
+    let binary = std::env::var_os("KEYWARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keyward")));
+    let mut command = Command::new(binary);
     command
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
         .args([
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--control",
-            "127.0.0.1:0",
+            control,
             "--spin-before-park-us",
             "0",
         ])
@@ -74,9 +83,13 @@ impl Server {
         if !extra.contains(&"--shards") {
             args.extend(["--shards", "2"]);
         }
-        let mut child = keyward_command(data_dir, &args)
-            .spawn()
-            .expect("start keyward");
+        Server::start_command(keyward_command(data_dir, &args), data_dir)
+    }
+
+    /// Starts a prepared `keyward serve` command and waits until it listens.
+    #[allow(clippy::zombie_processes)]
+    pub fn start_command(mut command: Command, data_dir: &Path) -> Server {
+        let mut child = command.spawn().expect("start keyward");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut line = String::new();

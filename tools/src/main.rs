@@ -69,6 +69,9 @@ enum Command {
     /// Derived capability tokens: derive, attenuate offline, inspect.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Offline delta-log tools: check a log, cut a damaged one.
+    #[command(subcommand)]
+    Log(log::LogCommand),
 }
 
 #[derive(Args, Clone)]
@@ -376,11 +379,13 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Stats(args) => admin::stats(args),
         Command::Compact(args) => admin::compact(args),
         Command::Token(command) => token::run(command),
+        Command::Log(command) => log::run(command),
         Command::SelfRevoke { credential, server } => self_revoke(&credential, &server),
     }
 }
 
 mod admin;
+mod log;
 mod token;
 
 fn verify(args: VerifyArgs) -> Result<(), Failure> {

@@ -282,3 +282,82 @@ fn replacing_the_table_drops_changes_logged_for_the_old_one() {
     let issued = ctl(&["issue", "--control", &control, "--data-dir", dir]);
     assert!(issued.status.success(), "{}", text(&issued));
 }
+
+#[test]
+fn a_corrupt_log_is_checked_then_cut_by_hand_keeping_the_damaged_copy() {
+    //! The recovery path for a delta log the server refuses: `log check` names the damage and
+    //! the records after it, `log cut` without --drop-changes only lists what it would drop,
+    //! with it cuts (keeping a copy), and the server starts again.
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let dir = data.to_str().unwrap();
+    let server = serve(&data);
+    let control = server.2.clone();
+    for name in ["first", "second", "third"] {
+        let issued = ctl(&[
+            "issue",
+            "--control",
+            &control,
+            "--data-dir",
+            dir,
+            "--name",
+            name,
+        ]);
+        assert!(issued.status.success(), "{}", text(&issued));
+    }
+    let revoked = ctl(&["revoke", "--control", &control, "--data-dir", dir, "1"]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    drop(server);
+
+    let log = data.join("deltas.log");
+    let clean = ctl(&["log", "check", "--data-dir", dir]);
+    assert!(clean.status.success(), "{}", text(&clean));
+    let offsets: Vec<u64> = String::from_utf8_lossy(&clean.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("offset "))
+        .map(|l| l.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(offsets.len(), 4, "{}", text(&clean));
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[offsets[1] as usize + 20] ^= 0x40;
+    std::fs::write(&log, &bytes).unwrap();
+
+    let damaged = ctl(&["log", "check", "--data-dir", dir]);
+    assert_eq!(damaged.status.code(), Some(1), "{}", text(&damaged));
+    let report = text(&damaged);
+    assert!(
+        report.contains(&format!("damage at byte offset {}", offsets[1])),
+        "{report}"
+    );
+    assert!(report.contains("2 whole records after it"), "{report}");
+    assert!(report.contains("revoked [1]"), "{report}");
+
+    let at = offsets[1].to_string();
+    let dry = ctl(&["log", "cut", "--data-dir", dir, "--at", &at]);
+    assert_eq!(dry.status.code(), Some(1), "{}", text(&dry));
+    assert!(text(&dry).contains("--drop-changes"), "{}", text(&dry));
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "a dry run changed the log"
+    );
+
+    let cut = ctl(&[
+        "log",
+        "cut",
+        "--data-dir",
+        dir,
+        "--at",
+        &at,
+        "--drop-changes",
+    ]);
+    assert!(cut.status.success(), "{}", text(&cut));
+    assert!(text(&cut).contains("revoked [1]"), "{}", text(&cut));
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), offsets[1]);
+    let copy = data.join(format!("deltas.log.damaged-{at}"));
+    assert_eq!(std::fs::read(copy).unwrap(), bytes);
+    let server = serve(&data);
+    let stats = ctl(&["stats", "--control", &server.2, "--data-dir", dir, "--json"]);
+    assert!(stats.status.success(), "{}", text(&stats));
+    assert!(text(&stats).contains("\"sequence\":1"), "{}", text(&stats));
+}

@@ -1,0 +1,266 @@
+//! The control plane: the authenticated control port, the durable delta log with group commit,
+//! the fan-out of every delta to every shard, and compaction. It runs on its own executor.
+//!
+//! | file | what happens there |
+//! | --- | --- |
+//! | `port.rs` | the control port: accepting, timeouts, the admin token (checked first), dispatch |
+//! | `keys.rs` | the commands that change keys: issue, import, revoke, rotate, update |
+//! | `queries.rs` | the commands that read: inspect, list, stats, derive |
+//! | `commit.rs` | group commit: one write and one fsync per round, fan-out, acknowledgement |
+//! | `compaction.rs` | building a new snapshot and switching every shard to it |
+//! | `self_service.rs` | revocations asked for on the verify port by a key's holder |
+//!
+//! A change goes through three steps:
+//! 1. the request is checked against the control plane's view (snapshot + its own overlay) and
+//!    turned into a delta with the next sequence number (`commit::assign`);
+//! 2. the committer appends every delta waiting at that moment to the log in one write and one
+//!    fsync (group commit), then sends each to every shard over a lock-free channel and waits
+//!    until every shard reports it applied;
+//! 3. only then is the change acknowledged. So after an acknowledged REVOKE no shard answers
+//!    "valid" for that key again, and after a restart the log replays it.
+
+mod commit;
+mod compaction;
+mod keys;
+mod port;
+mod queries;
+mod self_service;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::io::{FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpListener;
+
+use crate::credential::{Hasher, KeyId, Prefixes};
+use crate::delta::{self, Delta, DeltaLog};
+use crate::link::{ControlLink, Shutdown};
+use crate::overlay::{Overlay, TableView};
+use crate::protocol::ErrorCode;
+use crate::record::KeyRecord;
+use crate::snapshot::Snapshot;
+
+pub use compaction::merge_records;
+pub use port::UNAUTHENTICATED_BYTES_MAX;
+
+/// Open control connections at once.
+pub const CONTROL_CONNECTIONS_MAX: usize = 256;
+/// How often the idle control plane looks at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// The control plane's fixed settings.
+pub struct ControlSettings {
+    pub admin_token: String,
+    pub hasher: Hasher,
+    pub prefixes: Prefixes,
+    pub master_secret: [u8; 32],
+    pub snapshot_path: PathBuf,
+    pub compact_changes_max: u64,
+    pub compact_log_bytes_max: u64,
+    /// Nice value the compaction thread sets for itself.
+    pub compaction_nice: u32,
+    pub token_prefix: String,
+    pub token_ttl_max_seconds: u64,
+    pub token_root: crate::token::RootKey,
+    /// A control connection silent this long between requests is closed.
+    pub idle_timeout: Duration,
+    /// A request must arrive whole within this of its first byte.
+    pub frame_timeout: Duration,
+}
+
+/// What the control plane starts from.
+pub struct ControlStart {
+    pub listener_fd: RawFd,
+    pub snapshot: Arc<Snapshot>,
+    pub log: DeltaLog,
+    pub replayed: Arc<Vec<Arc<Delta>>>,
+    /// The control plane's ends of each shard's channels.
+    pub links: Vec<ControlLink>,
+}
+
+/// The view requests are checked against: the snapshot plus every delta assigned so far.
+struct View {
+    snapshot: Arc<Snapshot>,
+    overlay: Overlay,
+    assigned: u64,
+    /// The id the next issued key gets; above [`KeyId::MAX`] when the id space is used up.
+    next_id: u64,
+    idempotency: HashMap<String, KeyId>,
+}
+
+impl View {
+    fn table(&self) -> TableView<'_> {
+        TableView {
+            snapshot: &self.snapshot,
+            overlay: &self.overlay,
+        }
+    }
+
+    fn find(&self, id: KeyId) -> Option<KeyRecord> {
+        self.table().find(id).map(|found| match found {
+            crate::overlay::Found::Owned(record) => record.clone(),
+            crate::overlay::Found::Mapped(table, record) => table.decode_record(record),
+        })
+    }
+
+    /// The id for a new key, or a refusal once every id up to [`KeyId::MAX`] is taken.
+    fn fresh_id(&self) -> Result<KeyId, Refusal> {
+        if self.next_id > KeyId::MAX {
+            return Err(Refusal::invalid(format!(
+                "the key id space is used up (the largest id, {}, is taken)",
+                KeyId::MAX
+            )));
+        }
+        Ok(KeyId(self.next_id))
+    }
+}
+
+/// What is durable: the deltas committed since the snapshot, and the log file.
+struct Durable {
+    snapshot: Arc<Snapshot>,
+    committed: Vec<(Arc<Delta>, Vec<u8>)>,
+    /// Key records carried by `committed`: what the overlays hold beyond the snapshot.
+    changes: u64,
+    log: Option<DeltaLog>,
+    /// The sequence every shard has applied.
+    applied: u64,
+    log_bytes: u64,
+}
+
+struct Control {
+    settings: ControlSettings,
+    view: RefCell<View>,
+    durable: RefCell<Durable>,
+    queue: RefCell<VecDeque<commit::Job>>,
+    wake: LocalSender<()>,
+    compaction: compaction::State,
+    connections: port::Connections,
+    started: Instant,
+}
+
+/// A request that could not be carried out: an ERROR frame's code and message.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+    fn invalid(message: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::Invalid, message)
+    }
+    fn not_found(message: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::NotFound, message)
+    }
+}
+
+type Outcome = Result<serde_json::Value, Refusal>;
+
+/// The control plane's main future.
+pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shutdown) {
+    assert!(
+        crate::datadir::check_admin_token(&settings.admin_token).is_ok(),
+        "the data directory hands over only a checked admin token"
+    );
+    let ControlStart {
+        listener_fd,
+        snapshot,
+        log,
+        replayed,
+        links,
+    } = start;
+    // SAFETY: a bound, listening, non-blocking socket handed over by server::run.
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
+    let mut overlay = Overlay::new(snapshot.header().sequence);
+    let mut idempotency = HashMap::new();
+    let mut max_id = snapshot
+        .body()
+        .records
+        .last()
+        .map_or(0, |r| r.id.to_native());
+    for record in snapshot
+        .body()
+        .records
+        .iter()
+        .filter(|r| !r.idempotency_key.is_empty())
+    {
+        idempotency.insert(
+            record.idempotency_key.as_str().to_string(),
+            KeyId(record.id.to_native()),
+        );
+    }
+    let mut committed = Vec::with_capacity(replayed.len());
+    for delta in replayed.iter() {
+        overlay.apply(delta);
+        for record in &delta.records {
+            max_id = max_id.max(record.id.0);
+            if !record.idempotency_key.is_empty() {
+                idempotency.insert(record.idempotency_key.clone(), record.id);
+            }
+        }
+        committed.push((delta.clone(), delta::encode(delta)));
+    }
+    let assigned = overlay.sequence();
+    let (wake, wakeups) = local_channel::new_unbounded();
+    let control = Rc::new(Control {
+        settings,
+        view: RefCell::new(View {
+            snapshot: snapshot.clone(),
+            overlay,
+            assigned,
+            next_id: max_id.saturating_add(1),
+            idempotency,
+        }),
+        durable: RefCell::new(Durable {
+            changes: replayed.iter().map(|d| d.records.len() as u64).sum(),
+            snapshot,
+            committed,
+            log_bytes: log.bytes(),
+            log: Some(log),
+            applied: assigned,
+        }),
+        queue: RefCell::new(VecDeque::new()),
+        wake,
+        compaction: compaction::State::default(),
+        connections: port::Connections::default(),
+        started: Instant::now(),
+    });
+
+    // Everything from here on races the shutdown flag: the shards may stop before the channels
+    // to them are even connected.
+    let running = async {
+        let mut senders = Vec::with_capacity(links.len());
+        let mut receivers = Vec::with_capacity(links.len());
+        let mut self_service = Vec::with_capacity(links.len());
+        for link in links {
+            senders.push(link.to_shard.connect().await);
+            receivers.push(link.from_shard.connect().await);
+            self_service.push((link.revocations, link.revoked));
+        }
+        glommio::spawn_local(commit::committer(
+            control.clone(),
+            wakeups,
+            senders,
+            receivers,
+        ))
+        .detach();
+        for (requests, answers) in self_service {
+            let requests = requests.connect().await;
+            let answers = answers.connect().await;
+            glommio::spawn_local(self_service::serve(control.clone(), requests, answers)).detach();
+        }
+        port::accept_loop(&listener, &control).await;
+    };
+    futures_lite::future::or(running, shutdown.triggered(SHUTDOWN_POLL)).await;
+}

@@ -1,0 +1,138 @@
+//! The commands that read: inspect, list, stats, and an admin's derive (which mints a token but
+//! changes nothing).
+
+use serde_json::{json, Value};
+
+use super::keys::locate;
+use super::{Control, Outcome, Refusal};
+use crate::admin::{self, InspectRequest, KeyInfo, ListRequest};
+use crate::credential::KeyId;
+use crate::protocol;
+use crate::record::{KeyRecord, UnixSeconds};
+
+pub(super) fn derive(control: &Control, request: admin::DeriveRequest) -> Outcome {
+    let view = control.view.borrow();
+    let parent = view
+        .find(KeyId(request.parent_id))
+        .ok_or_else(|| Refusal::not_found(format!("no key {}", request.parent_id)))?;
+    let spec = crate::verify::DeriveSpec {
+        ttl_seconds: request.ttl_seconds.unwrap_or(0),
+        scopes: request.scopes,
+        tenant: request.tenant,
+        ranges: request.allow,
+        claims: request.claims.into_iter().collect(),
+    };
+    let settings = &control.settings;
+    match crate::verify::mint(
+        &settings.token_root,
+        &settings.token_prefix,
+        &crate::overlay::Found::Owned(&parent),
+        &spec,
+        UnixSeconds::now(),
+        settings.token_ttl_max_seconds,
+    ) {
+        protocol::DeriveResult::Minted { token, expires } => {
+            Ok(json!({ "token": token, "expires": expires.0, "parent": KeyInfo::from(&parent) }))
+        }
+        protocol::DeriveResult::Refused { status, message } => {
+            Err(Refusal::invalid(format!("{status}: {message}")))
+        }
+    }
+}
+
+pub(super) fn inspect(control: &Control, request: InspectRequest) -> Outcome {
+    let view = control.view.borrow();
+    let record = locate(
+        &view,
+        &control.settings,
+        request.id,
+        request.credential.as_deref(),
+    )?;
+    Ok(json!({ "key": KeyInfo::from(&record) }))
+}
+
+pub(super) fn list(control: &Control, request: ListRequest) -> Outcome {
+    let limit = request.limit.unwrap_or(admin::LIST_LIMIT_DEFAULT);
+    if limit == 0 || limit > admin::LIST_LIMIT_MAX {
+        return Err(Refusal::invalid(format!(
+            "limit must be 1 to {}",
+            admin::LIST_LIMIT_MAX
+        )));
+    }
+    let after = request.after.unwrap_or(0);
+    let view = control.view.borrow();
+    let tenant = request.tenant.as_deref();
+    let keep = |record: &KeyRecord| tenant.is_none_or(|t| record.tenant == t);
+    // Overlay records newer than the cursor, sorted; merged with the snapshot's sorted records.
+    let mut overlay: Vec<&KeyRecord> = view.overlay.records().filter(|r| r.id.0 > after).collect();
+    overlay.sort_by_key(|r| r.id);
+    let records = &view.snapshot.body().records;
+    let mut at = records.partition_point(|r| r.id.to_native() <= after);
+    let mut next_overlay = 0;
+    let mut page = Vec::with_capacity(limit.min(64));
+    let mut more = false;
+    loop {
+        let from_snapshot = records.get(at).map(|r| r.id.to_native());
+        let from_overlay = overlay.get(next_overlay).map(|r| r.id.0);
+        let record = match (from_snapshot, from_overlay) {
+            (None, None) => break,
+            (Some(s), Some(o)) if o <= s => {
+                next_overlay += 1;
+                if o == s {
+                    at += 1;
+                }
+                overlay[next_overlay - 1].clone()
+            }
+            (Some(_), _) => {
+                let stored = &records[at];
+                at += 1;
+                if view.overlay.get(KeyId(stored.id.to_native())).is_some() {
+                    continue;
+                }
+                view.snapshot.decode_record(stored)
+            }
+            (None, Some(_)) => {
+                next_overlay += 1;
+                overlay[next_overlay - 1].clone()
+            }
+        };
+        if !keep(&record) {
+            continue;
+        }
+        if page.len() == limit {
+            more = true;
+            break;
+        }
+        page.push(KeyInfo::from(&record));
+    }
+    let next = if more {
+        page.last().map(|k| k.id)
+    } else {
+        None
+    };
+    Ok(json!({ "keys": page, "next": next }))
+}
+
+pub(super) fn stats(control: &Control) -> Value {
+    let view = control.view.borrow();
+    let durable = control.durable.borrow();
+    let snapshot = &durable.snapshot;
+    let age = UnixSeconds::now()
+        .0
+        .saturating_sub(snapshot.header().created.0);
+    json!({
+        "sequence": view.assigned,
+        "applied_sequence": durable.applied,
+        "snapshot_sequence": snapshot.header().sequence,
+        "snapshot_records": snapshot.header().record_count,
+        "snapshot_age_seconds": age,
+        "overlay_records": view.overlay.len(),
+        "log_bytes": durable.log_bytes,
+        "log_deltas": durable.committed.len(),
+        "log_changes": durable.changes,
+        "compacting": control.compaction.running(),
+        "compactions": control.compaction.finished(),
+        "compaction_failures": control.compaction.failures(),
+        "uptime_seconds": control.started.elapsed().as_secs(),
+    })
+}
