@@ -61,7 +61,9 @@ impl Overlay {
         if delta.sequence <= self.sequence {
             return;
         }
-        debug_assert_eq!(
+        // Paired with the committer's check that it sends deltas in order: a gap here would
+        // mean a lost change, a revocation perhaps, so stop rather than serve without it.
+        assert_eq!(
             delta.sequence,
             self.sequence + 1,
             "deltas applied out of order"
