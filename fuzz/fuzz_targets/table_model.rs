@@ -168,6 +168,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(by_fingerprint.as_ref(), Some(expected), "fingerprint of {id}");
             }
         }
+        let next = model.keys().last().map_or(1, |id| id + 1);
         for absent in [0, next, next + 1, u64::from(argument) + next] {
             assert!(view.find(KeyId(absent)).is_none(), "id {absent} exists");
         }
