@@ -103,6 +103,14 @@ impl Overlay {
     }
 }
 
+/// What a verify-path lookup found: the record, or a decoy to check in its place.
+#[derive(Clone, Copy, Debug)]
+pub enum Lookup<'t> {
+    Hit(Found<'t>),
+    /// No such record; a decoy from the table (none when the table is empty).
+    Miss(Option<Found<'t>>),
+}
+
 /// A record found by a lookup: in the mapped snapshot, or in the overlay.
 #[derive(Clone, Copy, Debug)]
 pub enum Found<'t> {
@@ -252,11 +260,42 @@ impl<'t> TableView<'t> {
             .map(|r| Found::Mapped(self.snapshot, r))
     }
 
-    /// A stored hash to compare against when a lookup by `key` found nothing (see
-    /// [`Snapshot::decoy_hash`]).
+    /// Finds `id`; when absent, gives a decoy record to check instead, so the miss does the work
+    /// of a hit (see [`Snapshot::find_or_decoy`]). The verify path uses this; a decoy is never a
+    /// match, since the caller knows it is one.
     #[inline]
-    pub fn decoy_hash(&self, key: u64) -> Option<&'t SecretHash> {
-        self.snapshot.decoy_hash(key)
+    pub fn find_or_decoy(&self, id: KeyId) -> Lookup<'t> {
+        if !self.overlay.is_empty() {
+            if let Some(record) = self.overlay.get(id) {
+                return Lookup::Hit(Found::Owned(record));
+            }
+        }
+        match self.snapshot.find_or_decoy(id) {
+            Ok(record) => Lookup::Hit(Found::Mapped(self.snapshot, record)),
+            Err(decoy) => Lookup::Miss(decoy.map(|r| Found::Mapped(self.snapshot, r))),
+        }
+    }
+
+    /// [`TableView::find_or_decoy`] for an imported key, by the fingerprint of its hash.
+    #[inline]
+    pub fn find_fingerprint_or_decoy(&self, hash: &SecretHash) -> Lookup<'t> {
+        if !self.overlay.is_empty() {
+            if let Some(id) = self.overlay.fingerprints.get(&fingerprint(hash)) {
+                if let Some(record) = self.overlay.get(*id) {
+                    return Lookup::Hit(Found::Owned(record));
+                }
+            }
+        }
+        match self.snapshot.find_fingerprint_or_decoy(hash) {
+            Ok(record) => {
+                let id = KeyId(record.id.to_native());
+                match self.overlay.get(id) {
+                    Some(newer) if !self.overlay.is_empty() => Lookup::Hit(Found::Owned(newer)),
+                    _ => Lookup::Hit(Found::Mapped(self.snapshot, record)),
+                }
+            }
+            Err(decoy) => Lookup::Miss(decoy.map(|r| Found::Mapped(self.snapshot, r))),
+        }
     }
 
     /// Finds an imported key by the fingerprint of its hash. A snapshot record that the overlay

@@ -312,6 +312,8 @@ pub enum BodyError {
     MappedPrefix(u8),
     #[error("REVOKE_SELF carries a credential only: its scope, tenant and address must be empty")]
     RevokeSelfFields,
+    #[error("a claim's key must be 1 to {max_key} bytes and its value at most {max_value}", max_key = crate::token::CLAIM_KEY_BYTES_MAX, max_value = crate::token::CLAIM_VALUE_BYTES_MAX)]
+    ClaimLength,
     #[error("PING carries no body")]
     PingBody,
     #[error("unknown status {0}")]
@@ -859,7 +861,14 @@ pub fn parse_derive(body: &[u8]) -> Result<DeriveRequest<'_>, BodyError> {
         let key_bytes = usize::from(reader.u8()?);
         let key = reader.take(key_bytes)?;
         let value_bytes = usize::from(reader.u8()?);
-        claims.push((key, reader.take(value_bytes)?));
+        let value = reader.take(value_bytes)?;
+        if key.is_empty()
+            || key.len() > crate::token::CLAIM_KEY_BYTES_MAX
+            || value.len() > crate::token::CLAIM_VALUE_BYTES_MAX
+        {
+            return Err(BodyError::ClaimLength);
+        }
+        claims.push((key, value));
     }
     reader.finish()?;
     Ok(DeriveRequest {

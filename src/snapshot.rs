@@ -513,22 +513,56 @@ impl Snapshot {
     /// [`Snapshot::prefetch_slot`]).
     #[inline]
     pub fn prefetch_record(&self, id: KeyId) {
-        if let Some(record) = self.find(id) {
+        // A miss prefetches its decoy, as the verify will load it: hit and miss stay alike.
+        if let Ok(record) | Err(Some(record)) = self.find_or_decoy(id) {
             let lines = std::mem::size_of::<ArchivedStoredRecord>().div_ceil(64);
             prefetch(record as *const ArchivedStoredRecord as *const u8, lines);
         }
     }
 
-    /// The stored hash of a record picked by `key`, for a lookup that found no record: comparing
-    /// the presented hash with it loads a record from the table as a hit does, so a miss and a
-    /// hit with a wrong secret touch the same memory (`benches/timing.rs` measures it).
+    /// Looks `id` up; when it is absent, returns instead a decoy record (`Err`) picked by the id
+    /// *and by the empty slot the probe ended on*. Checking the presented credential against the
+    /// decoy loads a record as a hit does, and since the decoy's address depends on the slot just
+    /// read, its load waits for that read as a hit's record load does: a miss and a hit with a
+    /// wrong secret cost the same (`benches/timing.rs` measures it). `Err(None)`: an empty table.
     #[inline]
-    pub fn decoy_hash(&self, key: u64) -> Option<&SecretHash> {
+    pub fn find_or_decoy(
+        &self,
+        id: KeyId,
+    ) -> Result<&ArchivedStoredRecord, Option<&ArchivedStoredRecord>> {
+        let body = self.body();
+        self.hit_or_decoy(probe_or_empty(&body.id_slots, id.0), id.0)
+    }
+
+    /// [`Snapshot::find_or_decoy`] for an imported key's fingerprint.
+    #[inline]
+    pub fn find_fingerprint_or_decoy(
+        &self,
+        hash: &SecretHash,
+    ) -> Result<&ArchivedStoredRecord, Option<&ArchivedStoredRecord>> {
+        let body = self.body();
+        let key = fingerprint(hash);
+        self.hit_or_decoy(probe_or_empty(&body.fingerprint_slots, key), key)
+    }
+
+    #[inline]
+    fn hit_or_decoy(
+        &self,
+        probed: Result<u32, u64>,
+        key: u64,
+    ) -> Result<&ArchivedStoredRecord, Option<&ArchivedStoredRecord>> {
         let records = &self.body().records;
-        let count = records.len().max(1);
-        records
-            .get(slot_hash(key ^ DECOY_SALT) as usize % count)
-            .map(|record| &record.hash)
+        match probed {
+            Ok(index) => records.get(index as usize).ok_or(None),
+            Err(empty_slot_key) => {
+                // A multiply to mix and a multiply-shift to scale: a few cycles, where a hash
+                // and a division would make the miss measurably slower than a hit.
+                let mixed = (key ^ DECOY_SALT ^ std::hint::black_box(empty_slot_key))
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let pick = ((u128::from(mixed) * records.len() as u128) >> 64) as usize;
+                Err(records.get(pick))
+            }
+        }
     }
 
     /// Finds an imported key's record by the fingerprint of its keyed hash.
@@ -633,6 +667,26 @@ fn prefetch(at: *const u8, lines: usize) {
 /// Mixed into a key before it picks a decoy record, so the decoy is not the record its slot
 /// would hold.
 const DECOY_SALT: u64 = 0x6b65_7977_6172_6421;
+
+/// Like [`probe_archived`], but a miss returns the key field of the empty slot it ended on
+/// (whatever it holds), so that a caller can make a later load depend on that read.
+#[inline]
+fn probe_or_empty(slots: &[ArchivedSlot], key: u64) -> Result<u32, u64> {
+    let mask = slots.len().wrapping_sub(1);
+    let mut at = slot_hash(key) as usize & mask;
+    for _ in 0..slots.len() {
+        let Some(slot) = slots.get(at) else { break };
+        let record = slot.record.to_native();
+        if record == EMPTY {
+            return Err(slot.key.to_native());
+        }
+        if slot.key.to_native() == key {
+            return Ok(record);
+        }
+        at = (at + 1) & mask;
+    }
+    Err(0)
+}
 
 #[inline]
 fn probe_archived(slots: &[ArchivedSlot], key: u64) -> Option<u32> {

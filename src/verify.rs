@@ -10,7 +10,7 @@
 //!    `not_yet_valid`, `tenant_mismatch`, `scope_denied`, `address_denied`, in that order.
 
 use crate::credential::{self, Hasher, Parsed, Prefixes, SecretHash};
-use crate::overlay::{Found, TableView};
+use crate::overlay::{Found, Lookup, TableView};
 use crate::protocol::{self, Status, VerifyRequest};
 use crate::record::{self, KeyKind, UnixSeconds};
 use crate::token::{RootKey, Token};
@@ -81,11 +81,19 @@ impl Verifier {
         let record = match credential::parse(request.credential, &self.prefixes) {
             Parsed::Native(native) => {
                 let presented = self.hasher.native(native.key_id, &native.secret);
-                let found = table
-                    .find(native.key_id)
-                    .filter(|r| r.kind() == KeyKind::Native as u8)
-                    .filter(|r| r.visibility() == record::visibility_to_u8(native.visibility));
-                self.match_secret(found, &presented, || table.decoy_hash(native.key_id.0))
+                // With no record, a decoy record from the table goes through the same checks
+                // (and so the same cache lines) as a real one; only a real one can match.
+                let (real, candidate) = match table.find_or_decoy(native.key_id) {
+                    Lookup::Hit(record) => (true, Some(record)),
+                    Lookup::Miss(decoy) => (false, decoy),
+                };
+                let shaped = std::hint::black_box(
+                    candidate
+                        .filter(|r| r.kind() == KeyKind::Native as u8)
+                        .filter(|r| r.visibility() == record::visibility_to_u8(native.visibility)),
+                );
+                let found = shaped.filter(|_| real);
+                self.match_secret(found, &presented, || candidate.map(|r| r.hash()))
             }
             Parsed::Malformed(_) => return Verdict::status(Status::Malformed),
             Parsed::Other => {
@@ -102,11 +110,14 @@ impl Verifier {
                     return Verdict::status(Status::Malformed);
                 }
                 let presented = self.hasher.imported(request.credential);
-                let found = table
-                    .find_fingerprint(&presented)
-                    .filter(|r| r.kind() == KeyKind::Imported as u8);
-                let fingerprint = credential::fingerprint(&presented);
-                self.match_secret(found, &presented, || table.decoy_hash(fingerprint))
+                let (real, candidate) = match table.find_fingerprint_or_decoy(&presented) {
+                    Lookup::Hit(record) => (true, Some(record)),
+                    Lookup::Miss(decoy) => (false, decoy),
+                };
+                let shaped =
+                    std::hint::black_box(candidate.filter(|r| r.kind() == KeyKind::Imported as u8));
+                let found = shaped.filter(|_| real);
+                self.match_secret(found, &presented, || candidate.map(|r| r.hash()))
             }
         };
         let Some(record) = record else {

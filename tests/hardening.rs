@@ -578,7 +578,12 @@ fn revoke_self_refuses_extra_fields() {
 }
 
 /// A DERIVE body by hand (the library's encoder refuses what these tests send).
-fn derive_body(credential: &[u8], scopes: usize, range: Option<([u8; 16], u8)>) -> Vec<u8> {
+fn derive_body(
+    credential: &[u8],
+    scopes: usize,
+    range: Option<([u8; 16], u8)>,
+    claim_key_bytes: usize,
+) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&(credential.len() as u16).to_le_bytes());
     body.extend_from_slice(credential);
@@ -598,7 +603,13 @@ fn derive_body(credential: &[u8], scopes: usize, range: Option<([u8; 16], u8)>) 
         }
         None => body.push(0),
     }
-    body.push(0); // claims
+    if claim_key_bytes == 0 {
+        body.push(0);
+    } else {
+        body.extend_from_slice(&[1, claim_key_bytes as u8]);
+        body.extend_from_slice(&vec![b'k'; claim_key_bytes]);
+        body.extend_from_slice(&[1, b'v']);
+    }
     body
 }
 
@@ -623,16 +634,20 @@ fn derive_edges_get_bad_body_that_names_the_fault() {
     };
     let cases = [
         (
-            derive_body(valid.credential.as_bytes(), 17, None),
+            derive_body(valid.credential.as_bytes(), 17, None, 0),
             "at most 16 scopes",
         ),
         (
-            derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 8))),
+            derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 8)), 0),
             "counts from 96",
         ),
         (
-            derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 129))),
+            derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 129)), 0),
             "prefix length 129 is over 128",
+        ),
+        (
+            derive_body(valid.credential.as_bytes(), 0, None, 40),
+            "claim's key must be 1 to 32 bytes",
         ),
     ];
     for (body, expected) in cases {
@@ -645,7 +660,7 @@ fn derive_edges_get_bad_body_that_names_the_fault() {
         assert!(message.contains(expected), "{message:?} lacks {expected:?}");
     }
     // The IPv4 /8 written as 96 + 8 is accepted.
-    let body = derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 104)));
+    let body = derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 104)), 0);
     let mut frame = Vec::new();
     protocol::put_header(&mut frame, opcode::DERIVE, 5, body.len());
     frame.extend_from_slice(&body);

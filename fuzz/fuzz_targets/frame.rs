@@ -37,6 +37,23 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(protocol::parse_result(&again).unwrap(), result);
                 }
             }
+            opcode::DERIVE => {
+                if let Ok(request) = protocol::parse_derive(frame.body) {
+                    assert!(request.scopes.len() <= protocol::DERIVE_ITEMS_MAX);
+                    for (network, prefix) in &request.ranges {
+                        assert!(protocol::check_range(network, *prefix).is_ok());
+                    }
+                    let mut again = Vec::new();
+                    protocol::put_derive_frame(&mut again, frame.header.request_id, &request);
+                    assert_eq!(&again[protocol::HEADER_BYTES..], frame.body, "DERIVE body did not round-trip");
+                }
+            }
+            opcode::REVOKE_SELF => {
+                if let Ok(request) = protocol::parse_revoke_self(frame.body) {
+                    assert!(request.scope.is_none() && request.tenant.is_none() && request.address.is_none());
+                    assert!(protocol::parse_verify(frame.body).is_ok());
+                }
+            }
             _ => {
                 let _ = protocol::parse_batch_result(frame.body);
                 let _ = protocol::parse_error(frame.body);
