@@ -3,7 +3,7 @@
 # the same key table and the same pinning, rounds alternating A and B (so drift hits both):
 #   benches/ab.sh OLD_KEYWARD_BINARY [NEW_KEYWARD_BINARY] [seconds per run] [rounds]
 # NEW defaults to this tree's release build. Server: 1 shard on CPU $SERVER_CPU; loadgen on
-# CPU $CLIENT_CPU. Workloads: 16 connections x depth 16 (pipelined) and x depth 1.
+# CPU $CLIENT_CPU. Workloads: 16 connections x depth 16 (pipelined) and x depth 1 (DEPTHS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=${1:?usage: benches/ab.sh OLD_KEYWARD_BINARY [NEW_KEYWARD_BINARY] [seconds] [rounds]}
@@ -13,6 +13,7 @@ ROUNDS=${4:-3}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 KEYS=${KEYS:-100000}
+DEPTHS=${DEPTHS:-16 1}
 cargo build --release --workspace --quiet
 BIN=target/release
 DATA=$(mktemp -d)
@@ -34,16 +35,20 @@ echo "# A = $OLD"
 echo "# B = $NEW"
 echo "# $(nproc) CPUs; $KEYS keys; server CPU $SERVER_CPU, loadgen CPU $CLIENT_CPU; $SECONDS_PER_RUN s per run"
 for round in $(seq "$ROUNDS"); do
-  for depth in 16 1; do
-    run "a-$depth-$round" "$OLD" "$depth"
-    run "b-$depth-$round" "$NEW" "$depth"
+  for depth in $DEPTHS; do
+    # A then B in odd rounds, B then A in even ones, so neither always runs second.
+    if [ $((round % 2)) = 1 ]; then
+      run "a-$depth-$round" "$OLD" "$depth"; run "b-$depth-$round" "$NEW" "$depth"
+    else
+      run "b-$depth-$round" "$NEW" "$depth"; run "a-$depth-$round" "$OLD" "$depth"
+    fi
   done
 done
-python3 - "$DATA" "$ROUNDS" <<'PY'
+python3 - "$DATA" "$ROUNDS" $DEPTHS <<'PY'
 import json, os, sys
-data, rounds = sys.argv[1], int(sys.argv[2])
+data, rounds, depths = sys.argv[1], int(sys.argv[2]), [int(d) for d in sys.argv[3:]]
 def rate(name): return json.load(open(os.path.join(data, name + ".json")))["requests_per_sec"]
-for depth in (16, 1):
+for depth in depths:
     ratios = []
     for r in range(1, rounds + 1):
         a, b = rate(f"a-{depth}-{r}"), rate(f"b-{depth}-{r}")
