@@ -312,7 +312,7 @@ pub enum BodyError {
     MappedPrefix(u8),
     #[error("REVOKE_SELF carries a credential only: its scope, tenant and address must be empty")]
     RevokeSelfFields,
-    #[error("a claim's key must be 1 to {max_key} bytes and its value at most {max_value}", max_key = crate::token::CLAIM_KEY_BYTES_MAX, max_value = crate::token::CLAIM_VALUE_BYTES_MAX)]
+    #[error("a claim's key must be 1 to {max_key} bytes and its value at most {max_value}", max_key = CLAIM_KEY_BYTES_MAX, max_value = CLAIM_VALUE_BYTES_MAX)]
     ClaimLength,
     #[error("PING carries no body")]
     PingBody,
@@ -814,6 +814,10 @@ pub struct DeriveRequest<'a> {
 
 /// Most scopes, ranges and claims in one DERIVE.
 pub const DERIVE_ITEMS_MAX: usize = 16;
+/// Longest claim key in a DERIVE (and a token's claim caveat); at least 1 byte.
+pub const CLAIM_KEY_BYTES_MAX: usize = 32;
+/// Longest claim value.
+pub const CLAIM_VALUE_BYTES_MAX: usize = 128;
 
 /// Parses a DERIVE body.
 pub fn parse_derive(body: &[u8]) -> Result<DeriveRequest<'_>, BodyError> {
@@ -862,9 +866,7 @@ pub fn parse_derive(body: &[u8]) -> Result<DeriveRequest<'_>, BodyError> {
         let key = reader.take(key_bytes)?;
         let value_bytes = usize::from(reader.u8()?);
         let value = reader.take(value_bytes)?;
-        if key.is_empty()
-            || key.len() > crate::token::CLAIM_KEY_BYTES_MAX
-            || value.len() > crate::token::CLAIM_VALUE_BYTES_MAX
+        if key.is_empty() || key.len() > CLAIM_KEY_BYTES_MAX || value.len() > CLAIM_VALUE_BYTES_MAX
         {
             return Err(BodyError::ClaimLength);
         }

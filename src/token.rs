@@ -31,9 +31,9 @@ pub const VERSION: u8 = 1;
 pub const CAVEATS_MAX: usize = 32;
 /// Longest token text (the verify protocol's credential limit).
 pub const TOKEN_TEXT_BYTES_MAX: usize = crate::protocol::CREDENTIAL_BYTES_MAX;
-/// Longest claim key and value.
-pub const CLAIM_KEY_BYTES_MAX: usize = 32;
-pub const CLAIM_VALUE_BYTES_MAX: usize = 128;
+/// Longest claim key and value (wire limits, shared with DERIVE).
+pub const CLAIM_KEY_BYTES_MAX: usize = crate::protocol::CLAIM_KEY_BYTES_MAX;
+pub const CLAIM_VALUE_BYTES_MAX: usize = crate::protocol::CLAIM_VALUE_BYTES_MAX;
 /// Most scopes in one scope caveat.
 pub const CAVEAT_SCOPES_MAX: usize = 32;
 const HEADER_BYTES: usize = 1 + 8 + 16 + 1;
