@@ -178,6 +178,16 @@ impl ServerConfig {
             1 << 40,
         )?;
         range("bind_retry_ms", self.bind_retry_ms, 0, 600_000)?;
+        if self.frame_buffer_bytes_per_shard_max < self.frame_body_bytes_max {
+            return Err(ConfigError::Range {
+                field: "frame_buffer_bytes_per_shard_max",
+                expected: format!(
+                    "at least frame_body_bytes_max ({}), or the largest frame could never be read",
+                    self.frame_body_bytes_max
+                ),
+                value: self.frame_buffer_bytes_per_shard_max.to_string(),
+            });
+        }
         range(
             "spin_before_park_us",
             self.spin_before_park_us,
@@ -261,5 +271,19 @@ mod tests {
         };
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("connections_per_shard_max"), "{message}");
+    }
+
+    #[test]
+    fn the_frame_buffer_budget_holds_the_largest_frame() {
+        let config = ServerConfig {
+            frame_body_bytes_max: 1 << 20,
+            frame_buffer_bytes_per_shard_max: 1 << 19,
+            ..Default::default()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("frame_buffer_bytes_per_shard_max"),
+            "{message}"
+        );
     }
 }
