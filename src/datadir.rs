@@ -78,6 +78,8 @@ pub enum DataDirError {
         missing: &'static str,
         consequence: &'static str,
     },
+    #[error("{path} is not a keyward data directory (it holds none of its files)")]
+    NotADataDirectory { path: PathBuf },
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
 }
@@ -170,6 +172,17 @@ impl DataDir {
             admin_token,
             created,
         })
+    }
+
+    /// Opens an existing data directory (never initialising one) and takes its lock: for tools
+    /// that only read or repair.
+    pub fn open_existing(path: &Path) -> Result<DataDir, DataDirError> {
+        if !FILES.iter().any(|name| path.join(name).exists()) {
+            return Err(DataDirError::NotADataDirectory {
+                path: path.to_path_buf(),
+            });
+        }
+        DataDir::open_or_create(path)
     }
 
     pub fn path(&self) -> &Path {

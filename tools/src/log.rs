@@ -75,7 +75,7 @@ fn read_log(data_dir: &DataDir) -> Result<(PathBuf, Vec<u8>), Failure> {
 }
 
 fn check(data_dir: &Path) -> Result<(), Failure> {
-    let data_dir = DataDir::open_or_create(data_dir)?;
+    let data_dir = DataDir::open_existing(data_dir)?;
     let (path, bytes) = read_log(&data_dir)?;
     let report = delta::inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = std::io::stdout().lock();
@@ -109,7 +109,7 @@ fn check(data_dir: &Path) -> Result<(), Failure> {
 }
 
 fn cut(data_dir: &Path, at: u64, drop_changes: bool) -> Result<(), Failure> {
-    let data_dir = DataDir::open_or_create(data_dir)?;
+    let data_dir = DataDir::open_existing(data_dir)?;
     let (path, bytes) = read_log(&data_dir)?;
     if at < delta::FILE_HEADER_BYTES as u64 || at > bytes.len() as u64 {
         return Err(Failure::Error(format!(
