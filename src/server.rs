@@ -294,24 +294,17 @@ fn raise_file_limit(config: &ServerConfig, shards: usize) {
 /// binds, the port is ours to share among the shards. It also makes a second server on the same
 /// port fail instead of quietly taking a share of its connections.
 fn wait_until_free(address: SocketAddr, retry: Duration) -> Result<(), ServerError> {
-    use socket2::{Domain, Protocol, Socket, Type};
     if address.port() == 0 {
         return Ok(());
     }
     let started = std::time::Instant::now();
     loop {
         let error = |source| ServerError::Bind { address, source };
-        let probe = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(error)?;
-        probe.set_reuse_address(true).map_err(error)?;
+        let probe = tcp_socket(address)?;
         match probe.bind(&address.into()) {
             Ok(()) => {
                 let waited = started.elapsed();
-                if waited > Duration::ZERO && waited >= BIND_RETRY_PAUSE {
+                if waited >= BIND_RETRY_PAUSE {
                     eprintln!(
                         "keyward: {address} was still held (by a server just stopped?); bound after {} ms",
                         waited.as_millis()
@@ -329,6 +322,20 @@ fn wait_until_free(address: SocketAddr, retry: Duration) -> Result<(), ServerErr
     }
 }
 
+/// A TCP socket for `address` with SO_REUSEADDR (so connections in TIME_WAIT never block a bind).
+fn tcp_socket(address: SocketAddr) -> Result<socket2::Socket, ServerError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let error = |source| ServerError::Bind { address, source };
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(error)?;
+    socket.set_reuse_address(true).map_err(error)?;
+    Ok(socket)
+}
+
 /// Pause between two tries to bind a port still in use.
 const BIND_RETRY_PAUSE: Duration = Duration::from_millis(2);
 
@@ -340,15 +347,8 @@ fn bind_listener(
     backlog: u32,
     reuse_port: bool,
 ) -> Result<socket2::Socket, ServerError> {
-    use socket2::{Domain, Protocol, Socket, Type};
     let error = |source| ServerError::Bind { address, source };
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )
-    .map_err(error)?;
-    socket.set_reuse_address(true).map_err(error)?;
+    let socket = tcp_socket(address)?;
     socket.set_reuse_port(reuse_port).map_err(error)?;
     socket.set_nonblocking(true).map_err(error)?;
     socket.bind(&address.into()).map_err(error)?;

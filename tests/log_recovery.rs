@@ -14,6 +14,19 @@ use keyward::client::Client;
 use keyward::delta;
 use keyward::protocol::{Status, VerifyRequest};
 
+/// The byte offset of each record of the (undamaged) log; there must be `count`.
+fn record_offsets(directory: &std::path::Path, count: usize) -> Vec<usize> {
+    let bytes = std::fs::read(directory.join(delta::FILE_NAME)).unwrap();
+    let mut offsets = Vec::new();
+    let mut at = delta::FILE_HEADER_BYTES;
+    while at < bytes.len() {
+        offsets.push(at);
+        at += delta::decode(&bytes[at..]).unwrap().1;
+    }
+    assert_eq!(offsets.len(), count);
+    offsets
+}
+
 /// Issues five keys, kills the server, returns the credentials and each log record's offset.
 fn five_logged_keys(directory: &std::path::Path) -> (Vec<String>, Vec<usize>) {
     let server = common::Server::start(directory, &[]);
@@ -27,15 +40,7 @@ fn five_logged_keys(directory: &std::path::Path) -> (Vec<String>, Vec<usize>) {
         })
         .collect();
     server.kill();
-    let bytes = std::fs::read(directory.join(delta::FILE_NAME)).unwrap();
-    let mut offsets = Vec::new();
-    let mut at = delta::FILE_HEADER_BYTES;
-    while at < bytes.len() {
-        offsets.push(at);
-        at += delta::decode(&bytes[at..]).unwrap().1;
-    }
-    assert_eq!(offsets.len(), 5);
-    (credentials, offsets)
+    (credentials, record_offsets(directory, 5))
 }
 
 /// Starts the server on the damaged log; returns what it printed on stderr before listening,
@@ -122,15 +127,7 @@ fn revocation_in_the_log(directory: &std::path::Path) -> (Vec<String>, Vec<usize
         .unwrap();
     assert_eq!(revoked["key"]["status"], "revoked");
     server.kill();
-    let bytes = std::fs::read(directory.join(delta::FILE_NAME)).unwrap();
-    let mut offsets = Vec::new();
-    let mut at = delta::FILE_HEADER_BYTES;
-    while at < bytes.len() {
-        offsets.push(at);
-        at += delta::decode(&bytes[at..]).unwrap().1;
-    }
-    assert_eq!(offsets.len(), 5);
-    (credentials, offsets)
+    (credentials, record_offsets(directory, 5))
 }
 
 fn assert_refused_as_corrupt(directory: &std::path::Path, offset: usize) {
