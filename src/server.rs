@@ -288,8 +288,9 @@ fn raise_file_limit(config: &ServerConfig, shards: usize) {
 }
 
 /// Waits, for at most `retry`, until nothing listens on `address`: a server killed a moment ago
-/// leaves its listening sockets to the kernel for some milliseconds (about 17 ms in the report that found it), during
-/// which binding fails and, on a shared port, new connections land on the dead listeners. A
+/// leaves its listening sockets to the kernel for some milliseconds (about 17 ms where it was
+/// found), during which binding fails and, on a shared port, new connections land on the dead
+/// listeners. A
 /// probe socket without SO_REUSEPORT cannot bind while any listener holds the port, so once it
 /// binds, the port is ours to share among the shards. It also makes a second server on the same
 /// port fail instead of quietly taking a share of its connections.
