@@ -10,6 +10,7 @@
 //! | [`verify`] | the verify decision, from credential and requirements to a status |
 //! | [`protocol`] | the verify protocol codec (docs/PROTOCOL.md) |
 //! | [`shard`] | one core's server loop: accept, read, answer, write |
+//! | [`dataplane`] | the io_uring data plane's parts: ring set-up, provided buffer rings |
 //! | [`server`] | start-up and shutdown: data directory, sockets, one pinned executor per shard |
 //! | [`datadir`] | the data directory: secrets, lock, snapshot path |
 //! | [`config`] | every server setting and bound, validated |
@@ -29,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod credential;
 pub mod datadir;
+pub mod dataplane;
 pub mod delta;
 pub mod keyset;
 pub mod link;
