@@ -5,7 +5,11 @@
 //! reference for keyward's own PING (`tools/compare` runs it beside keyward, Redis and
 //! memcached).
 //!
-//! One thread, level-triggered epoll, non-blocking sockets. Per readable connection: one `read`
+//! `--uring` answers the same PINGs through keyward's io_uring turn (`keyward::dataplane::turn`:
+//! multishot accept and receive into a provided buffer ring, one send per connection per turn,
+//! one `submit_and_wait` per turn), to measure that path against the epoll one.
+//!
+//! Epoll mode: one thread, level-triggered epoll, non-blocking sockets. Per readable connection: one `read`
 //! of up to 64 KiB, a PONG for every whole PING frame in it (partial frames wait for the next
 //! read), one `write` of all the answers (what the socket does not take is kept and written when
 //! it turns writable, and the connection is not read meanwhile). Any frame that is not a PING
@@ -43,6 +47,9 @@ struct Args {
     /// CPU to pin the responder to.
     #[arg(long, value_name = "CPU")]
     cpu: Option<usize>,
+    /// Answer through keyward's io_uring turn instead of epoll.
+    #[arg(long)]
+    uring: bool,
 }
 
 struct Connection {
@@ -84,6 +91,15 @@ fn serve(args: &Args) -> Result<(), String> {
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     println!("keyward-floor: listening on {address}");
     let _ = std::io::stdout().flush();
+    if args.uring {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let settings = keyward::dataplane::turn::TurnSettings {
+            frame_body_bytes_max: 0,
+            ..Default::default()
+        };
+        return keyward::dataplane::turn::serve(listener.as_raw_fd(), settings, &never, pong)
+            .map_err(|e| format!("io_uring turn: {e}"));
+    }
     // SAFETY: plain syscalls on descriptors this function owns; the event buffer outlives every
     // epoll_wait that writes into it.
     unsafe {
@@ -123,6 +139,15 @@ fn serve(args: &Args) -> Result<(), String> {
             }
         }
     }
+}
+
+/// The io_uring mode's handler: a PONG for a PING; anything else ends the connection.
+fn pong(frame: &protocol::Frame<'_>, out: &mut Vec<u8>) -> bool {
+    if frame.header.opcode != opcode::PING || !frame.body.is_empty() {
+        return false;
+    }
+    protocol::put_header(out, opcode::PONG, frame.header.request_id, 0);
+    true
 }
 
 /// Adds or modifies the epoll registration of `fd`.
