@@ -330,3 +330,70 @@ fn answer_frames(
     connection.input.drain(..consumed);
     keep
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::io::AsRawFd;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::protocol::opcode;
+
+    fn pong(frame: &Frame<'_>, out: &mut Vec<u8>) -> bool {
+        if frame.header.opcode != opcode::PING {
+            return false;
+        }
+        protocol::put_header(out, opcode::PONG, frame.header.request_id, 0);
+        true
+    }
+
+    #[test]
+    fn frames_split_across_tiny_buffers_and_a_dry_ring_are_all_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let settings = TurnSettings {
+            connections_max: 8,
+            // 4 buffers of 16 bytes: every 12-byte frame straddles buffers, and 3 000 pipelined
+            // frames run the ring dry again and again.
+            buffers: 4,
+            buffer_bytes: 16,
+            frame_body_bytes_max: 0,
+            stop_poll: Duration::from_millis(10),
+        };
+        let serving = {
+            let stop = stop.clone();
+            std::thread::spawn(move || serve(listener.as_raw_fd(), settings, &stop, pong))
+        };
+        let clients: Vec<_> = (0..4u32)
+            .map(|client| {
+                std::thread::spawn(move || {
+                    let mut stream = TcpStream::connect(address).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(20)))
+                        .unwrap();
+                    let mut pings = Vec::new();
+                    for id in 0..3000 {
+                        protocol::put_ping_frame(&mut pings, client << 16 | id);
+                    }
+                    stream.write_all(&pings).unwrap();
+                    let mut answers = vec![0u8; pings.len()];
+                    stream.read_exact(&mut answers).unwrap();
+                    for (id, answer) in answers.chunks(protocol::HEADER_BYTES).enumerate() {
+                        let header: &[u8; protocol::HEADER_BYTES] = answer.try_into().unwrap();
+                        let header = protocol::decode_header(header, 0).unwrap();
+                        assert_eq!(header.opcode, opcode::PONG);
+                        assert_eq!(header.request_id, client << 16 | id as u32);
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        serving.join().unwrap().unwrap();
+    }
+}
