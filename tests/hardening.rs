@@ -417,13 +417,23 @@ fn start_with_file_limit(
     files: u64,
     extra: &[&str],
 ) -> common::Server {
+    start_with_file_limits(directory, files, files, extra)
+}
+
+/// Runs the server with the given soft and hard open-files limits.
+fn start_with_file_limits(
+    directory: &std::path::Path,
+    soft: u64,
+    hard: u64,
+    extra: &[&str],
+) -> common::Server {
     let mut command = common::keyward_command(directory, extra);
     // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child before exec.
     unsafe {
         command.pre_exec(move || {
             let limit = libc::rlimit {
-                rlim_cur: files,
-                rlim_max: files,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -715,6 +725,37 @@ fn failing_compaction_backs_off_and_logs_once_per_try() {
     assert!((1..=4).contains(&failures), "{failures} lines: {text}");
     assert!(
         !text.contains("compaction failed: compaction failed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    //! The server ran with whatever soft limit it was given, however far below the hard one.
+    let directory = tempfile::tempdir().unwrap();
+    common::generated_data_dir(directory.path(), 10);
+    let mut server = start_with_file_limits(
+        directory.path(),
+        64,
+        300,
+        &["--shards", "1", "--connections-per-shard-max", "1000"],
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(open_files, ["300", "300"], "{limits}");
+    let mut stderr = server.child.stderr.take().unwrap();
+    server.kill();
+    let mut text = String::new();
+    stderr.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains("the open-files limit is 300 (hard limit 300)"),
         "{text}"
     );
 }
