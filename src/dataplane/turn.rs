@@ -8,6 +8,9 @@
 //! what the kernel's io_uring path costs against the epoll floor. The shards do not run on it
 //! yet (no timers, no connection bound beyond `connections_max`, no control-plane link).
 //!
+//! Backpressure: a connection whose unsent answers pass `output_bytes_max` has its multishot
+//! receive cancelled and is not re-armed until they drain below half of it.
+//!
 //! A connection's bytes are copied out of the provided buffer at once and the buffer returned,
 //! so a frame split across buffers (or sends) is simply joined in the connection's input; a
 //! completion's `user_data` names the operation and the connection's slot.
@@ -36,6 +39,10 @@ pub struct TurnSettings {
     pub frame_body_bytes_max: usize,
     /// How often the loop looks at the stop flag when idle.
     pub stop_poll: Duration,
+    /// Unsent answers one connection may hold: past it the connection is not read (its
+    /// receive is cancelled) until they drain below half, so a client that sends and never
+    /// reads cannot grow the server's memory.
+    pub output_bytes_max: usize,
 }
 
 impl Default for TurnSettings {
@@ -46,6 +53,7 @@ impl Default for TurnSettings {
             buffer_bytes: 4096,
             frame_body_bytes_max: protocol::BODY_BYTES_DEFAULT,
             stop_poll: Duration::from_millis(50),
+            output_bytes_max: 1 << 20,
         }
     }
 }
@@ -54,6 +62,7 @@ impl Default for TurnSettings {
 const ACCEPT: u64 = 1;
 const RECEIVE: u64 = 2;
 const SEND: u64 = 3;
+const CANCEL: u64 = 4;
 const BUFFER_GROUP: u16 = 0;
 
 fn user_data(kind: u64, slot: usize) -> u64 {
@@ -69,12 +78,18 @@ struct Connection {
     sending: Vec<u8>,
     sent: usize,
     receive_armed: bool,
+    /// Not read until its unsent answers drain (see `TurnSettings::output_bytes_max`).
+    paused: bool,
     closing: bool,
 }
 
 impl Connection {
     fn idle(&self) -> bool {
         !self.receive_armed && self.sending.is_empty()
+    }
+
+    fn unsent(&self) -> usize {
+        self.output.len() + self.sending.len() - self.sent
     }
 }
 
@@ -152,12 +167,21 @@ pub fn serve(
                         if !answer_frames(connection, &settings, &mut handle) {
                             connection.closing = true;
                         }
-                    } else if result != -libc::ENOBUFS {
+                    } else if !matches!(-result, libc::ENOBUFS | libc::ECANCELED) {
                         connection.closing = true; // end of stream or an error
+                    }
+                    if connection.unsent() > settings.output_bytes_max && !connection.paused {
+                        connection.paused = true;
+                        if cqueue::more(flags) {
+                            let cancel = opcode::AsyncCancel::new(user_data(RECEIVE, slot))
+                                .build()
+                                .user_data(user_data(CANCEL, slot));
+                            push(&mut ring, &cancel)?;
+                        }
                     }
                     if !cqueue::more(flags) {
                         connection.receive_armed = false;
-                        if !connection.closing {
+                        if !connection.closing && !connection.paused {
                             arm_receive(&mut ring, connection, slot)?;
                         }
                     }
@@ -179,6 +203,12 @@ pub fn serve(
                         } else {
                             connection.sending.clear();
                             connection.sent = 0;
+                        }
+                    }
+                    if connection.paused && connection.unsent() <= settings.output_bytes_max / 2 {
+                        connection.paused = false;
+                        if !connection.receive_armed && !connection.closing {
+                            arm_receive(&mut ring, connection, slot)?;
                         }
                     }
                     touched.push(slot);
@@ -266,6 +296,7 @@ fn accept(
         sending: Vec::new(),
         sent: 0,
         receive_armed: false,
+        paused: false,
         closing: false,
     };
     let slot = match free.pop() {
@@ -362,6 +393,7 @@ mod tests {
             buffer_bytes: 16,
             frame_body_bytes_max: 0,
             stop_poll: Duration::from_millis(10),
+            output_bytes_max: 1 << 20,
         };
         let serving = {
             let stop = stop.clone();

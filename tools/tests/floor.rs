@@ -106,3 +106,52 @@ fn anything_but_a_ping(uring: bool) {
     other.write_all(&ping).unwrap();
     assert_eq!(read_frame(&mut other).unwrap().0.request_id, 9);
 }
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_sends_and_never_reads_cannot_grow_the_io_uring_turn() {
+    //! Answers to a client that pipelines without reading used to pile up without bound: the
+    //! turn now stops reading a connection whose unsent answers pass 1 MiB.
+    let floor = floor(true);
+    let mut reader = connect(&floor);
+    let mut ping = Vec::new();
+    protocol::put_ping_frame(&mut ping, 1);
+    reader.write_all(&ping).unwrap();
+    read_frame(&mut reader).unwrap();
+    let before = resident_kib(floor.0.id());
+    // 64 MiB of PINGs (5.6 M frames, as many PONG bytes), never reading a single answer.
+    let greedy = connect(&floor);
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut pings = Vec::new();
+    for id in 0..(64 << 20) / protocol::HEADER_BYTES as u32 {
+        protocol::put_ping_frame(&mut pings, id);
+    }
+    let mut writer = &greedy;
+    let mut written = 0;
+    while written < pings.len() {
+        match writer.write(&pings[written..(written + (1 << 20)).min(pings.len())]) {
+            Ok(n) => written += n,
+            Err(_) => break, // the server stopped reading: the write timed out
+        }
+    }
+    assert!(
+        written < pings.len(),
+        "all 64 MiB were read without an answer taken"
+    );
+    // Others are still served.
+    reader.write_all(&ping).unwrap();
+    assert_eq!(read_frame(&mut reader).unwrap().0.opcode, opcode::PONG);
+    let grown = resident_kib(floor.0.id()).saturating_sub(before);
+    assert!(grown < 16 * 1024, "the turn grew by {grown} KiB");
+}
