@@ -50,6 +50,27 @@ fn resident_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Sends one frame of `opcode` with `body` as it is.
+fn send_frame(stream: &mut TcpStream, opcode: u8, request_id: u32, body: &[u8]) {
+    let mut frame = Vec::new();
+    protocol::put_header(&mut frame, opcode, request_id, body.len());
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).unwrap();
+}
+
+/// A server on a fresh table, one valid credential of it, and a connection to its verify port.
+fn server_with_a_valid_key() -> (tempfile::TempDir, common::Server, String, TcpStream) {
+    let directory = tempfile::tempdir().unwrap();
+    let keys = common::generated_data_dir(directory.path(), 20);
+    let valid = keys.iter().find(|k| k.expected == Status::Valid).unwrap();
+    let server = common::Server::start(directory.path(), &[]);
+    let stream = TcpStream::connect(server.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (directory, server, valid.credential.clone(), stream)
+}
+
 fn token_of(server: &common::Server) -> String {
     std::fs::read_to_string(server.data_dir.join("admin.token"))
         .unwrap()
@@ -541,27 +562,20 @@ fn restart_right_after_sigkill_just_works() {
 #[test]
 fn revoke_self_refuses_extra_fields() {
     //! REVOKE_SELF accepted a scope, tenant and address that the docs say must be empty.
-    let directory = tempfile::tempdir().unwrap();
-    let keys = common::generated_data_dir(directory.path(), 20);
-    let valid = keys.iter().find(|k| k.expected == Status::Valid).unwrap();
-    let server = common::Server::start(directory.path(), &[]);
-    let mut stream = TcpStream::connect(server.address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (_directory, server, valid, mut stream) = server_with_a_valid_key();
     let extras = [
         VerifyRequest {
-            credential: valid.credential.as_bytes(),
+            credential: valid.as_bytes(),
             scope: Some(b"orders:read"),
             ..Default::default()
         },
         VerifyRequest {
-            credential: valid.credential.as_bytes(),
+            credential: valid.as_bytes(),
             tenant: Some(b"tenant-0"),
             ..Default::default()
         },
         VerifyRequest {
-            credential: valid.credential.as_bytes(),
+            credential: valid.as_bytes(),
             address: Some("10.0.0.1".parse().unwrap()),
             ..Default::default()
         },
@@ -569,10 +583,7 @@ fn revoke_self_refuses_extra_fields() {
     for request in &extras {
         let mut body = Vec::new();
         protocol::put_verify(&mut body, request);
-        let mut frame = Vec::new();
-        protocol::put_header(&mut frame, opcode::REVOKE_SELF, 9, body.len());
-        frame.extend_from_slice(&body);
-        stream.write_all(&frame).unwrap();
+        send_frame(&mut stream, opcode::REVOKE_SELF, 9, &body);
         let (code, message) = error_of(&mut stream);
         assert_eq!(code, ErrorCode::BadBody);
         assert!(message.contains("must be empty"), "{message}");
@@ -580,7 +591,7 @@ fn revoke_self_refuses_extra_fields() {
     let mut client = Client::connect(server.address).unwrap();
     let result = client
         .verify(&VerifyRequest {
-            credential: valid.credential.as_bytes(),
+            credential: valid.as_bytes(),
             ..Default::default()
         })
         .unwrap();
@@ -627,14 +638,7 @@ fn derive_body(
 fn derive_edges_get_bad_body_that_names_the_fault() {
     //! A DERIVE range of prefix 8 on an IPv4-mapped network silently meant ::/8 (every IPv4
     //! address); 17 scopes were refused as "batch must hold 1 to 256 items".
-    let directory = tempfile::tempdir().unwrap();
-    let keys = common::generated_data_dir(directory.path(), 20);
-    let valid = keys.iter().find(|k| k.expected == Status::Valid).unwrap();
-    let server = common::Server::start(directory.path(), &[]);
-    let mut stream = TcpStream::connect(server.address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (_directory, _server, valid, mut stream) = server_with_a_valid_key();
     let mapped_ten = {
         let mut network = [0u8; 16];
         network[10] = 0xff;
@@ -644,37 +648,31 @@ fn derive_edges_get_bad_body_that_names_the_fault() {
     };
     let cases = [
         (
-            derive_body(valid.credential.as_bytes(), 17, None, 0),
+            derive_body(valid.as_bytes(), 17, None, 0),
             "at most 16 scopes",
         ),
         (
-            derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 8)), 0),
+            derive_body(valid.as_bytes(), 0, Some((mapped_ten, 8)), 0),
             "counts from 96",
         ),
         (
-            derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 129)), 0),
+            derive_body(valid.as_bytes(), 0, Some((mapped_ten, 129)), 0),
             "prefix length 129 is over 128",
         ),
         (
-            derive_body(valid.credential.as_bytes(), 0, None, 40),
+            derive_body(valid.as_bytes(), 0, None, 40),
             "claim's key must be 1 to 32 bytes",
         ),
     ];
     for (body, expected) in cases {
-        let mut frame = Vec::new();
-        protocol::put_header(&mut frame, opcode::DERIVE, 4, body.len());
-        frame.extend_from_slice(&body);
-        stream.write_all(&frame).unwrap();
+        send_frame(&mut stream, opcode::DERIVE, 4, &body);
         let (code, message) = error_of(&mut stream);
         assert_eq!(code, ErrorCode::BadBody);
         assert!(message.contains(expected), "{message:?} lacks {expected:?}");
     }
     // The IPv4 /8 written as 96 + 8 is accepted.
-    let body = derive_body(valid.credential.as_bytes(), 0, Some((mapped_ten, 104)), 0);
-    let mut frame = Vec::new();
-    protocol::put_header(&mut frame, opcode::DERIVE, 5, body.len());
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).unwrap();
+    let body = derive_body(valid.as_bytes(), 0, Some((mapped_ten, 104)), 0);
+    send_frame(&mut stream, opcode::DERIVE, 5, &body);
     let (header, body) = read_frame(&mut stream).unwrap();
     assert_eq!(header.opcode, opcode::DERIVE_RESULT);
     assert!(matches!(

@@ -114,14 +114,11 @@ pub fn serve(
     )?;
     let mut connections: Vec<Option<Connection>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    push(
-        &mut ring,
-        &opcode::AcceptMulti::new(types::Fd(listener))
-            .build()
-            .user_data(user_data(ACCEPT, 0)),
-    )?;
+    arm_accept(&mut ring, listener)?;
     let timeout = types::Timespec::from(settings.stop_poll);
     let mut completions = Vec::with_capacity(entries as usize);
+    // Connections a turn's completions touched (reused: a turn allocates nothing it can keep).
+    let mut touched: Vec<usize> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let args = types::SubmitArgs::new().timespec(&timeout);
         match ring.submitter().submit_with_args(1, &args) {
@@ -134,7 +131,7 @@ pub fn serve(
             ring.completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
-        let mut touched = Vec::new();
+        touched.clear();
         for &(data, result, flags) in &completions {
             let slot = (data >> 8) as usize;
             match data & 0xff {
@@ -143,12 +140,7 @@ pub fn serve(
                         accept(result, &settings, &mut connections, &mut free, &mut ring)?;
                     }
                     if !cqueue::more(flags) {
-                        push(
-                            &mut ring,
-                            &opcode::AcceptMulti::new(types::Fd(listener))
-                                .build()
-                                .user_data(user_data(ACCEPT, 0)),
-                        )?;
+                        arm_accept(&mut ring, listener)?;
                     }
                 }
                 RECEIVE => {
@@ -217,7 +209,7 @@ pub fn serve(
             }
         }
         // One send per connection per turn, with every answer the turn produced for it.
-        for slot in touched {
+        for &slot in &touched {
             let Some(Some(connection)) = connections.get_mut(slot) else {
                 continue;
             };
@@ -249,6 +241,13 @@ pub fn serve(
     }
     drop(buffers);
     Ok(())
+}
+
+fn arm_accept(ring: &mut IoUring, listener: RawFd) -> io::Result<()> {
+    let accept = opcode::AcceptMulti::new(types::Fd(listener))
+        .build()
+        .user_data(user_data(ACCEPT, 0));
+    push(ring, &accept)
 }
 
 fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
