@@ -40,11 +40,20 @@ pub struct ServerConfig {
     /// How long start-up keeps retrying to bind a port that is still held, e.g. by a server
     /// killed a moment ago whose sockets the kernel has not yet closed.
     pub bind_retry_ms: u64,
-    /// How long an idle shard spins before it parks in the kernel: trades idle CPU for latency.
-    pub spin_before_park_us: u64,
+    /// How long a shard keeps looking for completions after work before it sleeps in the
+    /// kernel: trades CPU for the latency of the next request. 0 sleeps at once.
+    #[serde(alias = "spin_before_park_us")]
+    pub busy_poll_us: u64,
+    /// Provided receive buffers in each shard's ring (a power of two).
+    pub receive_buffers: u16,
+    /// Bytes of each receive buffer.
+    pub receive_buffer_bytes: u32,
+    /// Answers one verify connection may have unsent before the shard stops reading it (a
+    /// client that sends and never reads cannot grow the server's memory).
+    pub unsent_bytes_per_connection_max: usize,
     /// Kernel accept backlog per shard.
     pub listen_backlog: u32,
-    /// Memory each shard registers with io_uring for its buffers.
+    /// Memory the control plane's executor registers with io_uring for its buffers.
     pub io_memory_bytes: usize,
     /// Compact (write a new snapshot, shorten the log) once this many key records have changed
     /// since the snapshot. It also bounds each shard's overlay, which is allocated for this many
@@ -67,7 +76,7 @@ pub struct ServerConfig {
 /// Bounds on the bounds.
 pub const SHARDS_MAX: usize = 1024;
 pub const CONNECTIONS_PER_SHARD_LIMIT: usize = 1 << 20;
-pub const SPIN_BEFORE_PARK_US_MAX: u64 = 1_000_000;
+pub const BUSY_POLL_US_MAX: u64 = 1_000_000;
 pub const IO_MEMORY_BYTES_MIN: usize = 64 * 1024;
 
 impl Default for ServerConfig {
@@ -85,7 +94,10 @@ impl Default for ServerConfig {
             control_idle_timeout_ms: 60_000,
             frame_buffer_bytes_per_shard_max: 64 * 1024 * 1024,
             bind_retry_ms: 2_000,
-            spin_before_park_us: 200,
+            busy_poll_us: 0,
+            receive_buffers: 1024,
+            receive_buffer_bytes: 4096,
+            unsent_bytes_per_connection_max: 1 << 20,
             listen_backlog: 1024,
             io_memory_bytes: 256 * 1024,
             compact_changes_max: 100_000,
@@ -188,11 +200,26 @@ impl ServerConfig {
                 value: self.frame_buffer_bytes_per_shard_max.to_string(),
             });
         }
+        range("busy_poll_us", self.busy_poll_us, 0, BUSY_POLL_US_MAX)?;
+        range("receive_buffers", self.receive_buffers, 1, 32768)?;
+        if !self.receive_buffers.is_power_of_two() {
+            return Err(ConfigError::Range {
+                field: "receive_buffers",
+                expected: "a power of two".into(),
+                value: self.receive_buffers.to_string(),
+            });
+        }
         range(
-            "spin_before_park_us",
-            self.spin_before_park_us,
-            0,
-            SPIN_BEFORE_PARK_US_MAX,
+            "receive_buffer_bytes",
+            self.receive_buffer_bytes,
+            protocol::HEADER_BYTES as u32,
+            1 << 20,
+        )?;
+        range(
+            "unsent_bytes_per_connection_max",
+            self.unsent_bytes_per_connection_max,
+            64 * 1024,
+            1 << 30,
         )?;
         range("listen_backlog", self.listen_backlog, 1, 65535)?;
         range(

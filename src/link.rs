@@ -1,8 +1,9 @@
 //! The link between the planes: what the control plane and the shards say to each other, the
-//! lock-free channels that carry it, their capacities, the function that builds them, and the
+//! lock-free queues that carry it, their capacities, the function that builds them, and the
 //! shutdown flag both planes watch.
 //!
-//! Per shard there are four bounded glommio shared channels:
+//! Per shard there are four bounded lock-free queues (`crossbeam_queue::ArrayQueue`) and one
+//! doorbell, a Unix socket pair:
 //!
 //! | direction | message | why |
 //! | --- | --- | --- |
@@ -11,14 +12,21 @@
 //! | shard → control | [`RevocationRequest`] | a holder revoking its own key on the verify port |
 //! | control → shard | [`RevocationAnswer`] | done (durable and applied everywhere) or not |
 //!
+//! A side pushes onto a queue, then writes one byte to its end of the doorbell. The shard keeps
+//! a receive on its end armed in its io_uring, so a ring wakes it like any connection's bytes
+//! and it drains its queues between turns; the control plane (glommio) reads its end as a
+//! stream. Nothing on the verify path takes a lock: a shard touches the queues only when its
+//! doorbell rang or it has something to send. A full doorbell (the peer has not read yet)
+//! drops the byte: one unread byte is enough to wake it.
+//!
 //! The control plane sends a shard at most [`COMMIT_ROUND_JOBS_MAX`] messages before it reads
-//! their acknowledgements, which is below [`SHARD_CHANNEL_CAPACITY`], so the two sides never
-//! wait on each other.
+//! their acknowledgements, which is below [`SHARD_CHANNEL_CAPACITY`], so no queue is ever full.
 
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use crossbeam_queue::ArrayQueue;
 
 use crate::credential::KeyId;
 use crate::delta::Delta;
@@ -26,7 +34,7 @@ use crate::snapshot::Snapshot;
 
 /// Most jobs the committer takes in one round (one write, one fsync, one fan-out).
 pub const COMMIT_ROUND_JOBS_MAX: usize = 256;
-/// Capacity of each channel between the planes, in messages.
+/// Capacity of each queue between the planes, in messages.
 pub const SHARD_CHANNEL_CAPACITY: usize = 1024;
 const _: () = assert!(COMMIT_ROUND_JOBS_MAX + 1 < SHARD_CHANNEL_CAPACITY);
 
@@ -67,46 +75,89 @@ pub struct RevocationAnswer {
     pub done: bool,
 }
 
-/// A shard's ends of its channels.
-pub struct ShardLink {
-    pub inbox: SharedReceiver<ShardMessage>,
-    pub acks: SharedSender<Applied>,
-    pub revocations: SharedSender<RevocationRequest>,
-    pub revoked: SharedReceiver<RevocationAnswer>,
+/// The queues of one shard, shared by both ends.
+pub struct Queues {
+    pub to_shard: ArrayQueue<ShardMessage>,
+    pub acks: ArrayQueue<Applied>,
+    pub revocations: ArrayQueue<RevocationRequest>,
+    pub revoked: ArrayQueue<RevocationAnswer>,
 }
 
-/// The control plane's ends of one shard's channels.
-pub struct ControlLink {
-    pub to_shard: SharedSender<ShardMessage>,
-    pub from_shard: SharedReceiver<Applied>,
-    pub revocations: SharedReceiver<RevocationRequest>,
-    pub revoked: SharedSender<RevocationAnswer>,
+/// One end of a link: the shared queues and this side's end of the doorbell.
+pub struct LinkEnd {
+    pub queues: Arc<Queues>,
+    bell: OwnedFd,
 }
 
-/// Builds the channels for `shards` shards: one [`ShardLink`] per shard, and the control
-/// plane's [`ControlLink`] for each, in the same order.
-pub fn build(shards: usize) -> (Vec<ShardLink>, Vec<ControlLink>) {
+/// A shard's end.
+pub type ShardLink = LinkEnd;
+/// The control plane's end of one shard's link.
+pub type ControlLink = LinkEnd;
+
+impl LinkEnd {
+    /// This side's doorbell descriptor: readable when the other side rang.
+    pub fn bell_fd(&self) -> RawFd {
+        self.bell.as_raw_fd()
+    }
+
+    /// Gives up the doorbell descriptor (the control plane wraps it in a glommio stream).
+    pub fn into_parts(self) -> (Arc<Queues>, OwnedFd) {
+        (self.queues, self.bell)
+    }
+
+    /// Wakes the other side: one byte on the doorbell. A full doorbell already holds a byte
+    /// the other side has not read, and a closed one means it is gone: both are fine.
+    pub fn ring(&self) {
+        ring(self.bell.as_raw_fd());
+    }
+}
+
+/// Writes one byte to a doorbell descriptor without waiting.
+pub fn ring(fd: RawFd) {
+    // SAFETY: a one-byte send from a static on an open socket we own; its result is not needed.
+    unsafe {
+        libc::send(
+            fd,
+            [1u8].as_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+    }
+}
+
+/// Pushes onto a queue that by construction has room (see the module's note on capacities).
+pub fn push<T>(queue: &ArrayQueue<T>, item: T) {
+    assert!(
+        queue.push(item).is_ok(),
+        "a link queue is never full: at most COMMIT_ROUND_JOBS_MAX messages are in flight"
+    );
+}
+
+/// Builds the links for `shards` shards: one [`ShardLink`] per shard, and the control plane's
+/// [`ControlLink`] for each, in the same order.
+pub fn build(shards: usize) -> std::io::Result<(Vec<ShardLink>, Vec<ControlLink>)> {
     let mut shard_links = Vec::with_capacity(shards);
     let mut control_links = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let (to_shard, inbox) = shared_channel::new_bounded(SHARD_CHANNEL_CAPACITY);
-        let (acks, from_shard) = shared_channel::new_bounded(SHARD_CHANNEL_CAPACITY);
-        let (revocations, requests) = shared_channel::new_bounded(SHARD_CHANNEL_CAPACITY);
-        let (answers, revoked) = shared_channel::new_bounded(SHARD_CHANNEL_CAPACITY);
-        shard_links.push(ShardLink {
-            inbox,
-            acks,
-            revocations,
-            revoked,
+        let queues = Arc::new(Queues {
+            to_shard: ArrayQueue::new(SHARD_CHANNEL_CAPACITY),
+            acks: ArrayQueue::new(SHARD_CHANNEL_CAPACITY),
+            revocations: ArrayQueue::new(SHARD_CHANNEL_CAPACITY),
+            revoked: ArrayQueue::new(SHARD_CHANNEL_CAPACITY),
         });
-        control_links.push(ControlLink {
-            to_shard,
-            from_shard,
-            revocations: requests,
-            revoked: answers,
+        let (shard_bell, control_bell) = std::os::unix::net::UnixStream::pair()?;
+        shard_bell.set_nonblocking(true)?;
+        control_bell.set_nonblocking(true)?;
+        shard_links.push(LinkEnd {
+            queues: queues.clone(),
+            bell: shard_bell.into(),
+        });
+        control_links.push(LinkEnd {
+            queues,
+            bell: control_bell.into(),
         });
     }
-    (shard_links, control_links)
+    Ok((shard_links, control_links))
 }
 
 /// A flag that asks the server to stop; cheap to clone, safe to set from a signal handler.

@@ -67,14 +67,24 @@ struct ServeArgs {
     /// milliseconds [default: 2000]
     #[arg(long, value_name = "MS")]
     bind_retry_ms: Option<u64>,
-    /// Microseconds an idle shard spins before it sleeps: lower saves idle CPU, higher cuts
-    /// latency at low load [default: 200]
-    #[arg(long, value_name = "US")]
-    spin_before_park_us: Option<u64>,
+    /// Microseconds a shard keeps looking for work before it sleeps in the kernel: 0 saves
+    /// CPU, more cuts the latency of the next request at low load [default: 0]
+    #[arg(long, value_name = "US", alias = "spin-before-park-us")]
+    busy_poll_us: Option<u64>,
+    /// Provided receive buffers per shard, a power of two [default: 1024]
+    #[arg(long, value_name = "N")]
+    receive_buffers: Option<u16>,
+    /// Bytes of each receive buffer [default: 4096]
+    #[arg(long, value_name = "BYTES")]
+    receive_buffer_bytes: Option<u32>,
+    /// Unsent answers one connection may hold before it is no longer read, in bytes
+    /// [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    unsent_bytes_per_connection_max: Option<usize>,
     /// Kernel accept backlog per shard [default: 1024]
     #[arg(long, value_name = "N")]
     listen_backlog: Option<u32>,
-    /// Memory each shard registers with io_uring, in bytes [default: 262144]
+    /// Memory the control plane registers with io_uring, in bytes [default: 262144]
     #[arg(long, value_name = "BYTES")]
     io_memory_bytes: Option<usize>,
     /// Compact once this many key records changed since the snapshot [default: 100000]
@@ -119,7 +129,10 @@ impl ServeArgs {
             control_idle_timeout_ms,
             frame_buffer_bytes_per_shard_max,
             bind_retry_ms,
-            spin_before_park_us,
+            busy_poll_us,
+            receive_buffers,
+            receive_buffer_bytes,
+            unsent_bytes_per_connection_max,
             listen_backlog,
             io_memory_bytes,
             compact_changes_max,

@@ -264,6 +264,74 @@ pub fn decode_frame(buffer: &[u8], body_bytes_max: usize) -> Result<Option<Frame
     Ok(Some(Frame { header, body }))
 }
 
+/// A request frame decoded into what it asks for: the codec's one entry point for the verify
+/// port. Its body is parsed here, once; a body that does not parse is the request's `Err`
+/// (answered with a `bad_body` ERROR), while a frame that cannot be framed is the call's error.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub request_id: u32,
+    /// Bytes the frame occupied in the buffer.
+    pub bytes: usize,
+    pub kind: Result<RequestKind<'a>, BodyError>,
+}
+
+/// What a request asks for.
+#[derive(Debug)]
+pub enum RequestKind<'a> {
+    Ping,
+    Verify(VerifyRequest<'a>),
+    /// A checked batch (every item parses) and its item count.
+    VerifyBatch(BatchItems<'a>, usize),
+    Derive(DeriveRequest<'a>),
+    RevokeSelf(VerifyRequest<'a>),
+    /// An opcode the verify port does not know (answered with `unknown_opcode`).
+    Unknown(u8),
+}
+
+/// Decodes the first request frame in `buffer`. `Ok(None)`: more bytes are needed.
+pub fn decode_request(
+    buffer: &[u8],
+    body_bytes_max: usize,
+) -> Result<Option<Request<'_>>, FrameError> {
+    let Some(frame) = decode_frame(buffer, body_bytes_max)? else {
+        return Ok(None);
+    };
+    let body = frame.body;
+    let kind = match frame.header.opcode {
+        opcode::PING if body.is_empty() => Ok(RequestKind::Ping),
+        opcode::PING => Err(BodyError::PingBody),
+        opcode::VERIFY => parse_verify(body).map(RequestKind::Verify),
+        opcode::VERIFY_BATCH => check_batch(body)
+            .map(|count| RequestKind::VerifyBatch(BatchItems::new(body).expect("checked"), count)),
+        opcode::DERIVE => parse_derive(body).map(RequestKind::Derive),
+        opcode::REVOKE_SELF => parse_revoke_self(body).map(RequestKind::RevokeSelf),
+        other => Ok(RequestKind::Unknown(other)),
+    };
+    Ok(Some(Request {
+        request_id: frame.header.request_id,
+        bytes: frame.bytes(),
+        kind,
+    }))
+}
+
+/// Appends a whole PONG frame.
+pub fn put_pong_frame(out: &mut Vec<u8>, request_id: u32) {
+    put_header(out, opcode::PONG, request_id, 0);
+}
+
+/// Appends a whole DERIVE_RESULT frame.
+pub fn put_derive_result_frame(out: &mut Vec<u8>, request_id: u32, result: &DeriveResult) {
+    let start = begin_frame(out, opcode::DERIVE_RESULT, request_id);
+    put_derive_result(out, result);
+    end_frame(out, start);
+}
+
+/// Appends a whole REVOKE_SELF_RESULT frame.
+pub fn put_revoke_self_result_frame(out: &mut Vec<u8>, request_id: u32, status: Status) {
+    put_header(out, opcode::REVOKE_SELF_RESULT, request_id, 1);
+    out.push(status as u8);
+}
+
 /// Appends a frame header; the caller appends exactly `body_bytes` of body after it.
 pub fn put_header(out: &mut Vec<u8>, opcode: u8, request_id: u32, body_bytes: usize) {
     out.push(VERSION);
@@ -323,6 +391,7 @@ pub enum BodyError {
 }
 
 /// A cursor over a body that never reads past its end.
+#[derive(Clone, Debug)]
 struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -457,6 +526,7 @@ pub fn check_batch(body: &[u8]) -> Result<usize, BodyError> {
 }
 
 /// Iterates the items of a VERIFY_BATCH body.
+#[derive(Clone, Debug)]
 pub struct BatchItems<'a> {
     reader: Reader<'a>,
     remaining: usize,

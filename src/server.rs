@@ -37,12 +37,16 @@ pub enum ServerError {
     },
     #[error("{0}")]
     IoUring(String),
+    #[error("cannot make the doorbells between the control plane and the shards: {0}")]
+    Link(std::io::Error),
     #[error("cannot start shard {shard} on CPU {cpu}: {message}")]
     Executor {
         shard: usize,
         cpu: usize,
         message: String,
     },
+    #[error("shard {shard} stopped: its io_uring failed: {error}")]
+    ShardFailed { shard: usize, error: std::io::Error },
     #[error("shard {0} stopped abnormally (panicked)")]
     ShardPanicked(usize),
 }
@@ -96,6 +100,11 @@ pub fn run(
     let mut listeners = Vec::with_capacity(cpus.len());
     for _ in &cpus {
         let socket = bind_listener(address, config.listen_backlog, true)?;
+        // Blocking: a shard's io_uring then waits for connections itself (on a non-blocking
+        // socket its accepts would fail with EAGAIN instead).
+        socket
+            .set_nonblocking(false)
+            .map_err(|source| ServerError::Bind { address, source })?;
         address = socket
             .local_addr()
             .ok()
@@ -111,7 +120,7 @@ pub fn run(
         .ok()
         .and_then(|a| a.as_socket())
         .unwrap_or(config.control);
-    let (links, control_links) = link::build(cpus.len());
+    let (links, control_links) = link::build(cpus.len()).map_err(ServerError::Link)?;
 
     let settings = ShardSettings {
         token_ttl_max_seconds: config.token_ttl_max_seconds,
@@ -122,7 +131,10 @@ pub fn run(
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         frame_timeout: Duration::from_millis(config.frame_timeout_ms),
         frame_buffer_bytes_max: config.frame_buffer_bytes_per_shard_max,
-        read_poll: Duration::from_micros(config.spin_before_park_us),
+        receive_buffers: config.receive_buffers,
+        receive_buffer_bytes: config.receive_buffer_bytes,
+        output_bytes_max: config.unsent_bytes_per_connection_max,
+        busy_poll: Duration::from_micros(config.busy_poll_us),
     };
     let mut handles = Vec::with_capacity(cpus.len());
     for (index, ((cpu, listener), link)) in
@@ -134,12 +146,14 @@ pub fn run(
         let verifier = verifier.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
-        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("keyward-shard-{index}"))
-            .spin_before_park(Duration::from_micros(config.spin_before_park_us))
-            .io_memory(config.io_memory_bytes);
-        let handle = builder
+        let handle = std::thread::Builder::new()
+            .name(format!("keyward-shard-{index}"))
             .spawn(move || {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                    eprintln!(
+                        "keyward: warning: cannot pin shard {index} to CPU {cpu}; it runs unpinned"
+                    );
+                }
                 let start = ShardStart {
                     index,
                     listener_fd: fd,
@@ -147,7 +161,11 @@ pub fn run(
                     replayed,
                     link,
                 };
-                shard::serve(start, verifier, settings, shutdown)
+                let served = shard::serve(start, verifier, settings, shutdown.clone());
+                if served.is_err() {
+                    shutdown.trigger(); // one shard down takes the server down, not half of it
+                }
+                served
             })
             .map_err(|e| ServerError::Executor {
                 shard: index,
@@ -208,7 +226,14 @@ pub fn run(
     let mut failure = None;
     for (index, handle) in handles.into_iter().enumerate() {
         match handle.join() {
-            Ok(report) => reports.push(report),
+            Ok(Ok(report)) => reports.push(report),
+            Ok(Err(error)) => {
+                shutdown.trigger();
+                failure.get_or_insert(ServerError::ShardFailed {
+                    shard: index,
+                    error,
+                });
+            }
             Err(_) => {
                 shutdown.trigger();
                 failure.get_or_insert(ServerError::ShardPanicked(index));

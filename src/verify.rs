@@ -256,6 +256,29 @@ pub fn effective_expiry(parent: &Found<'_>, limits: &crate::token::Limits<'_>) -
     }
 }
 
+/// Appends a whole VERIFY_RESULT frame for a verdict.
+pub fn put_verdict_frame(out: &mut Vec<u8>, request_id: u32, verdict: &Verdict<'_>) {
+    let start = protocol::begin_frame(out, protocol::opcode::VERIFY_RESULT, request_id);
+    put_verdict(out, verdict);
+    protocol::end_frame(out, start);
+}
+
+/// Appends a whole VERIFY_BATCH_RESULT frame of `count` verdicts, each produced (and encoded)
+/// in turn by `next`.
+pub fn put_batch_frame<'t>(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    count: usize,
+    mut next: impl FnMut() -> Verdict<'t>,
+) {
+    let start = protocol::begin_frame(out, protocol::opcode::VERIFY_BATCH_RESULT, request_id);
+    out.extend_from_slice(&(count as u16).to_le_bytes());
+    for _ in 0..count {
+        put_verdict(out, &next());
+    }
+    protocol::end_frame(out, start);
+}
+
 /// Appends the VERIFY result body for a verdict.
 pub fn put_verdict(out: &mut Vec<u8>, verdict: &Verdict<'_>) {
     match (verdict.status, verdict.record, &verdict.token) {

@@ -6,8 +6,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 
+use super::shards::ShardEnd;
 use super::{compaction, Control, View};
 use crate::delta::{self, Delta, DeltaKind, DeltaLog};
 use crate::link::{Applied, ShardMessage, COMMIT_ROUND_JOBS_MAX};
@@ -94,8 +94,8 @@ pub(super) fn assign(
 pub(super) async fn committer(
     control: Rc<Control>,
     wakeups: LocalReceiver<()>,
-    senders: Vec<ConnectedSender<ShardMessage>>,
-    receivers: Vec<ConnectedReceiver<Applied>>,
+    shards: Vec<Rc<ShardEnd>>,
+    receivers: Vec<LocalReceiver<Applied>>,
 ) {
     while wakeups.recv().await.is_some() {
         loop {
@@ -149,12 +149,13 @@ pub(super) async fn committer(
                         ShardMessage::Switch(snapshot)
                     }
                 };
-                for sender in &senders {
-                    if sender.send(message.share()).await.is_err() {
-                        return; // a shard is gone: the server is stopping
-                    }
+                for shard in &shards {
+                    shard.send(message.share());
                 }
                 expected.push(Applied(last_sent));
+            }
+            for shard in &shards {
+                shard.ring();
             }
             for receiver in &receivers {
                 for want in &expected {
@@ -162,7 +163,7 @@ pub(super) async fn committer(
                         // A shard applies in order and acknowledges each message: an ack that
                         // differs means a lost, repeated or reordered delta.
                         Some(applied) => assert_eq!(applied, *want, "shard acknowledgement"),
-                        None => return,
+                        None => return, // a shard is gone: the server is stopping
                     }
                 }
             }

@@ -9,6 +9,7 @@
 //! | `commit.rs` | group commit: one write and one fsync per round, fan-out, acknowledgement |
 //! | `compaction.rs` | building a new snapshot and switching every shard to it |
 //! | `self_service.rs` | revocations asked for on the verify port by a key's holder |
+//! | `shards.rs` | the control plane's ends of the links to the shards |
 //!
 //! A change goes through three steps:
 //! 1. the request is checked against the control plane's view (snapshot + its own overlay) and
@@ -25,6 +26,7 @@ mod keys;
 mod port;
 mod queries;
 mod self_service;
+mod shards;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -237,30 +239,8 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         started: Instant::now(),
     });
 
-    // Everything from here on races the shutdown flag: the shards may stop before the channels
-    // to them are even connected.
-    let running = async {
-        let mut senders = Vec::with_capacity(links.len());
-        let mut receivers = Vec::with_capacity(links.len());
-        let mut self_service = Vec::with_capacity(links.len());
-        for link in links {
-            senders.push(link.to_shard.connect().await);
-            receivers.push(link.from_shard.connect().await);
-            self_service.push((link.revocations, link.revoked));
-        }
-        glommio::spawn_local(commit::committer(
-            control.clone(),
-            wakeups,
-            senders,
-            receivers,
-        ))
-        .detach();
-        for (requests, answers) in self_service {
-            let requests = requests.connect().await;
-            let answers = answers.connect().await;
-            glommio::spawn_local(self_service::serve(control.clone(), requests, answers)).detach();
-        }
-        port::accept_loop(&listener, &control).await;
-    };
+    let (ends, receivers) = shards::connect(&control, links);
+    glommio::spawn_local(commit::committer(control.clone(), wakeups, ends, receivers)).detach();
+    let running = port::accept_loop(&listener, &control);
     futures_lite::future::or(running, shutdown.triggered(SHUTDOWN_POLL)).await;
 }

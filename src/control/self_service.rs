@@ -4,30 +4,22 @@
 
 use std::rc::Rc;
 
-use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
-
+use super::shards::ShardEnd;
 use super::{keys, Control};
 use crate::admin::RevokeRequest;
 use crate::link::{RevocationAnswer, RevocationRequest};
 
-pub(super) async fn serve(
+pub(super) async fn carry_out(
     control: Rc<Control>,
-    requests: ConnectedReceiver<RevocationRequest>,
-    answers: ConnectedSender<RevocationAnswer>,
+    shard: Rc<ShardEnd>,
+    request: RevocationRequest,
 ) {
-    while let Some(RevocationRequest { ticket, key }) = requests.recv().await {
-        let request = RevokeRequest {
-            id: Some(key.0),
-            credential: None,
-            reason: "self-service".into(),
-        };
-        let done = keys::revoke(&control, request).await.is_ok();
-        if answers
-            .send(RevocationAnswer { ticket, done })
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
+    let RevocationRequest { ticket, key } = request;
+    let revoke = RevokeRequest {
+        id: Some(key.0),
+        credential: None,
+        reason: "self-service".into(),
+    };
+    let done = keys::revoke(&control, revoke).await.is_ok();
+    shard.answer(RevocationAnswer { ticket, done });
 }

@@ -1,9 +1,16 @@
-//! The io_uring data plane's building blocks, on the `io-uring` crate: ring set-up with the
-//! features a shard wants (`ring.rs`), the per-shard provided buffer ring that multishot
-//! receives draw from (`buffers.rs`), and the turn loop (`turn.rs`). The shards do not run on these yet (they still read
-//! through glommio, `shard.rs`); each part is tested here against real sockets so the data plane
-//! can be assembled from parts that are known to work on this kernel.
+//! The io_uring data plane: what a shard's thread runs.
+//!
+//! | file | what it does |
+//! | --- | --- |
+//! | `ring.rs` | sets up a shard's ring with the features a thread-per-core server wants |
+//! | `buffers.rs` | the provided buffer ring that multishot receives draw from |
+//! | `connection.rs` | one connection's state: pending input, unsent answers, clocks, waits |
+//! | `turn.rs` | the loop: completions in, answers out, one submission per turn |
+//!
+//! The verify protocol itself is answered in `shard.rs`, which the turn calls through its
+//! `Service` trait.
 
 pub mod buffers;
+pub mod connection;
 pub mod ring;
 pub mod turn;

@@ -97,8 +97,17 @@ fn serve(args: &Args) -> Result<(), String> {
             frame_body_bytes_max: 0,
             ..Default::default()
         };
-        return keyward::dataplane::turn::serve(listener.as_raw_fd(), settings, &never, pong)
-            .map_err(|e| format!("io_uring turn: {e}"));
+        let mut service = keyward::dataplane::turn::PingService {
+            frame_body_bytes_max: 0,
+        };
+        return keyward::dataplane::turn::serve(
+            listener.as_raw_fd(),
+            settings,
+            &never,
+            &mut service,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("io_uring turn: {e}"));
     }
     // SAFETY: plain syscalls on descriptors this function owns; the event buffer outlives every
     // epoll_wait that writes into it.
@@ -139,15 +148,6 @@ fn serve(args: &Args) -> Result<(), String> {
             }
         }
     }
-}
-
-/// The io_uring mode's handler: a PONG for a PING; anything else ends the connection.
-fn pong(frame: &protocol::Frame<'_>, out: &mut Vec<u8>) -> bool {
-    if frame.header.opcode != opcode::PING || !frame.body.is_empty() {
-        return false;
-    }
-    protocol::put_header(out, opcode::PONG, frame.header.request_id, 0);
-    true
 }
 
 /// Adds or modifies the epoll registration of `fd`.
