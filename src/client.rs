@@ -11,6 +11,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+
+use crate::endpoint::{Endpoint, Stream};
 use std::time::Duration;
 
 use crate::protocol::{self, opcode, ErrorBody, FrameHeader, VerifyRequest, VerifyResult};
@@ -32,20 +34,30 @@ pub enum ClientError {
 
 /// One connection to a verify port.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     next_request_id: u32,
     output: Vec<u8>,
 }
 
 impl Client {
+    /// Connects over TCP.
     pub fn connect(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(address)?;
         stream.set_nodelay(true)?;
-        Ok(Client {
+        Ok(Client::over(Stream::Tcp(stream)))
+    }
+
+    /// Connects to a TCP address or a Unix socket (`unix:/path`).
+    pub fn connect_to(endpoint: &Endpoint) -> Result<Client, ClientError> {
+        Ok(Client::over(endpoint.connect()?))
+    }
+
+    fn over(stream: Stream) -> Client {
+        Client {
             stream,
             next_request_id: 1,
             output: Vec::with_capacity(4096),
-        })
+        }
     }
 
     /// Sets how long a call waits for its answer.

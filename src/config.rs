@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::credential::{PrefixError, Prefixes};
+use crate::endpoint::Endpoint;
 use crate::protocol;
 
 /// The server's settings. Field names are the TOML keys (docs/OPERATIONS.md lists them).
@@ -15,8 +16,8 @@ use crate::protocol;
 pub struct ServerConfig {
     /// Where the pepper, master secret, admin token and key table live.
     pub data_dir: PathBuf,
-    /// Verify port address.
-    pub listen: SocketAddr,
+    /// Verify port address: `HOST:PORT`, or `unix:/PATH` for a Unix-domain socket.
+    pub listen: Endpoint,
     /// Control port address (admin operations).
     pub control: SocketAddr,
     /// Number of shards; 0 means one per available CPU.
@@ -83,7 +84,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from("./keyward-data"),
-            listen: "127.0.0.1:7500".parse().unwrap(),
+            listen: Endpoint::Tcp("127.0.0.1:7500".parse().unwrap()),
             control: "127.0.0.1:7501".parse().unwrap(),
             shards: 0,
             cpus: Vec::new(),
@@ -282,7 +283,7 @@ mod tests {
         let config: ServerConfig =
             toml::from_str("shards = 2\nlisten = \"127.0.0.1:9000\"").unwrap();
         assert_eq!(config.shards, 2);
-        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.listen.tcp().unwrap().port(), 9000);
         assert_eq!(
             config.idle_timeout_ms,
             ServerConfig::default().idle_timeout_ms

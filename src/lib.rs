@@ -9,15 +9,16 @@
 //! | [`snapshot`] | the memory-mapped key table: build, write atomically, map, validate, look up |
 //! | [`verify`] | the verify decision, from credential and requirements to a status |
 //! | [`protocol`] | the verify protocol codec (docs/PROTOCOL.md) |
-//! | [`shard`] | one core's server loop: accept, read, answer, write |
-//! | [`dataplane`] | the io_uring data plane's parts: ring set-up, provided buffer rings |
-//! | [`server`] | start-up and shutdown: data directory, sockets, one pinned executor per shard |
+//! | [`shard`] | one core's verify service: decode, answer, apply the control plane's changes |
+//! | [`dataplane`] | the io_uring data plane: ring set-up, buffer ring, connections, the turn |
+//! | [`endpoint`] | verify port addresses (TCP or Unix socket) and the streams they give |
+//! | [`server`] | start-up and shutdown: data directory, sockets, one pinned thread per shard |
 //! | [`datadir`] | the data directory: secrets, lock, snapshot path |
 //! | [`config`] | every server setting and bound, validated |
 //! | [`client`] | a blocking client for the verify protocol |
 //! | [`keyset`] | generated key sets and key files for tests, demos and benchmarks |
 //! | [`control`] | the control plane: control port, key commands, group commit, compaction |
-//! | [`link`] | the link between the planes: messages, channels, capacities; the shutdown flag |
+//! | [`link`] | the link between the planes: messages, queues, doorbells; the shutdown flag |
 //! | [`delta`] | the delta log: records, replay, torn tails and corruption |
 //! | [`overlay`] | a shard's view of the changes since its snapshot |
 //! | [`token`] | derived capability tokens: format, MAC chain, attenuation |
@@ -32,6 +33,7 @@ pub mod credential;
 pub mod datadir;
 pub mod dataplane;
 pub mod delta;
+pub mod endpoint;
 pub mod keyset;
 pub mod link;
 pub mod overlay;

@@ -32,9 +32,10 @@ struct ServeArgs {
     /// Data directory: secrets and key table [default: ./keyward-data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Verify port address [default: 127.0.0.1:7500]
+    /// Verify port address: HOST:PORT, or unix:/PATH for a Unix-domain socket (mode 0660; a
+    /// stale socket file is replaced only when nothing listens on it) [default: 127.0.0.1:7500]
     #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
+    listen: Option<keyward::endpoint::Endpoint>,
     /// Control port address, for admin operations (keep it on loopback) [default: 127.0.0.1:7501]
     #[arg(long, value_name = "ADDR")]
     control: Option<SocketAddr>,

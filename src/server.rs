@@ -2,7 +2,8 @@
 //! socket per shard, start one pinned glommio executor per shard, wait for shutdown.
 
 use std::net::SocketAddr;
-use std::os::unix::io::IntoRawFd;
+use std::os::unix::io::{IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::control::{self, ControlSettings, ControlStart};
 use crate::datadir::{DataDir, DataDirError};
 use crate::delta::{self, Delta, DeltaLog, LogError};
+use crate::endpoint::Endpoint;
 use crate::link;
 pub use crate::link::Shutdown;
 use crate::shard::{self, ShardReport, ShardSettings, ShardStart};
@@ -35,6 +37,8 @@ pub enum ServerError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on unix:{}: {message}", path.display())]
+    BindUnix { path: PathBuf, message: String },
     #[error("{0}")]
     IoUring(String),
     #[error("cannot make the doorbells between the control plane and the shards: {0}")]
@@ -54,7 +58,7 @@ pub enum ServerError {
 /// What a started server tells its caller.
 #[derive(Clone, Debug)]
 pub struct Ready {
-    pub verify_address: SocketAddr,
+    pub verify_address: Endpoint,
     pub control_address: SocketAddr,
     pub replayed_deltas: usize,
     pub sequence: u64,
@@ -95,23 +99,17 @@ pub fn run(
 
     raise_file_limit(&config, cpus.len());
     let bind_retry = Duration::from_millis(config.bind_retry_ms);
-    wait_until_free(config.listen, bind_retry)?;
-    let mut address = config.listen;
-    let mut listeners = Vec::with_capacity(cpus.len());
-    for _ in &cpus {
-        let socket = bind_listener(address, config.listen_backlog, true)?;
-        // Blocking: a shard's io_uring then waits for connections itself (on a non-blocking
-        // socket its accepts would fail with EAGAIN instead).
-        socket
-            .set_nonblocking(false)
-            .map_err(|source| ServerError::Bind { address, source })?;
-        address = socket
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or(address);
-        listeners.push(socket);
-    }
+    let (verify_address, listeners) = match &config.listen {
+        Endpoint::Tcp(address) => {
+            let (address, listeners) =
+                bind_tcp_shards(*address, cpus.len(), config.listen_backlog, bind_retry)?;
+            (Endpoint::Tcp(address), listeners)
+        }
+        Endpoint::Unix(path) => {
+            let listeners = bind_unix_shards(path, cpus.len(), config.listen_backlog)?;
+            (Endpoint::Unix(path.clone()), listeners)
+        }
+    };
 
     wait_until_free(config.control, bind_retry)?;
     let control_listener = bind_listener(config.control, config.listen_backlog, false)?;
@@ -212,7 +210,7 @@ pub fn run(
         })?;
 
     on_ready(&Ready {
-        verify_address: address,
+        verify_address: verify_address.clone(),
         control_address,
         replayed_deltas: replayed.len(),
         sequence,
@@ -244,6 +242,9 @@ pub fn run(
         failure.get_or_insert(ServerError::ShardPanicked(usize::MAX));
     }
     drop(data_dir);
+    if let Endpoint::Unix(path) = &verify_address {
+        let _ = std::fs::remove_file(path);
+    }
     match failure {
         Some(error) => Err(error),
         None => Ok(reports),
@@ -268,6 +269,87 @@ fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
     (0..shards)
         .map(|i| available[i % available.len()])
         .collect()
+}
+
+/// One listening socket per shard on the same TCP port (SO_REUSEPORT: the kernel spreads new
+/// connections over the shards); returns the address bound (its port, when 0 was asked for).
+fn bind_tcp_shards(
+    address: SocketAddr,
+    shards: usize,
+    backlog: u32,
+    bind_retry: Duration,
+) -> Result<(SocketAddr, Vec<OwnedFd>), ServerError> {
+    wait_until_free(address, bind_retry)?;
+    let mut address = address;
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = bind_listener(address, backlog, true)?;
+        // Blocking: a shard's io_uring then waits for connections itself (on a non-blocking
+        // socket its accepts would fail with EAGAIN instead).
+        socket
+            .set_nonblocking(false)
+            .map_err(|source| ServerError::Bind { address, source })?;
+        address = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(address);
+        listeners.push(socket.into());
+    }
+    Ok((address, listeners))
+}
+
+/// Mode of the verify port's socket file: owner and group may connect.
+pub const UNIX_SOCKET_MODE: u32 = 0o660;
+
+/// One Unix-domain listening socket, shared by every shard (each accepts on it from its own
+/// ring: Unix sockets have no SO_REUSEPORT). A socket file left by a server that is gone is
+/// replaced; one something still listens on is not, and neither is any other kind of file.
+fn bind_unix_shards(path: &Path, shards: usize, backlog: u32) -> Result<Vec<OwnedFd>, ServerError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let refuse = |message: String| ServerError::BindUnix {
+        path: path.to_path_buf(),
+        message,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(refuse(
+                        "another server listens on this socket; stop it or choose another path"
+                            .into(),
+                    ))
+                }
+                Err(_) => std::fs::remove_file(path)
+                    .map_err(|e| refuse(format!("cannot remove the stale socket file: {e}")))?,
+            }
+        }
+        Ok(_) => {
+            return Err(refuse(
+                "the path exists and is not a socket; keyward replaces only a stale socket file"
+                    .into(),
+            ))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(refuse(error.to_string())),
+    }
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket =
+        Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| refuse(e.to_string()))?;
+    let address = SockAddr::unix(path).map_err(|e| refuse(e.to_string()))?;
+    socket.bind(&address).map_err(|e| refuse(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(UNIX_SOCKET_MODE))
+        .map_err(|e| refuse(format!("cannot set the socket file's mode: {e}")))?;
+    socket
+        .listen(backlog.min(i32::MAX as u32) as i32)
+        .map_err(|e| refuse(e.to_string()))?;
+    let first: OwnedFd = socket.into();
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 1..shards {
+        listeners.push(first.try_clone().map_err(|e| refuse(e.to_string()))?);
+    }
+    listeners.push(first);
+    Ok(listeners)
 }
 
 /// Descriptors kept for what is not a connection: rings, eventfds, listeners, the log, the

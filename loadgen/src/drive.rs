@@ -16,9 +16,9 @@
 //! measured window. After the window the thread stops sending and waits up to [`DRAIN`] for
 //! the answers still owed, whose latencies are recorded like any other.
 
+use keyward::endpoint::{Endpoint, Stream};
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -80,7 +80,7 @@ impl Schedule {
 
 /// What one thread is asked to do.
 pub struct ThreadPlan {
-    pub server: SocketAddr,
+    pub server: Endpoint,
     pub protocol: Protocol,
     pub connections: usize,
     pub depth: usize,
@@ -139,7 +139,7 @@ struct Pending {
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     output: Vec<u8>,
     written: usize,
     input: Vec<u8>,
@@ -149,10 +149,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn open(server: SocketAddr, depth: usize) -> Result<Connection, String> {
-        let stream =
-            TcpStream::connect(server).map_err(|e| format!("cannot connect to {server}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    fn open(server: &Endpoint, depth: usize) -> Result<Connection, String> {
+        let stream = server
+            .connect()
+            .map_err(|e| format!("cannot connect to {server}: {e}"))?;
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
         Ok(Connection {
             stream,
@@ -225,7 +225,7 @@ pub fn run_thread(
         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
     }
     let connections: Result<Vec<Connection>, String> = (0..plan.connections)
-        .map(|_| Connection::open(plan.server, plan.depth))
+        .map(|_| Connection::open(&plan.server, plan.depth))
         .collect();
     // Every thread reaches the barrier, connected or not, so none waits for ever.
     barrier.wait();

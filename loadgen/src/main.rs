@@ -9,6 +9,8 @@
 //! (`--op issue|revoke|import`) live in `control.rs`.
 
 use std::net::{IpAddr, SocketAddr};
+
+use keyward::endpoint::Endpoint;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -50,9 +52,10 @@ use report::{micros, thousands, Outcome, SweepPoint};
         keyward-loadgen --keys keys.txt --sweep --slo-p99 1ms --plot sweep.svg"
 )]
 pub struct Args {
-    /// Server to drive: a keyward verify port, or a Redis/memcached address.
+    /// Server to drive: a keyward verify port, or a Redis/memcached address; HOST:PORT, or
+    /// unix:/PATH for a Unix-domain socket.
     #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
-    server: SocketAddr,
+    server: Endpoint,
     /// Wire protocol: keyward, or a baseline store looking up the same credentials.
     #[arg(long, value_enum, default_value_t = Protocol::Keyward)]
     protocol: Protocol,
@@ -442,7 +445,7 @@ fn build_requests(args: &Args) -> Result<Requests, String> {
         },
     };
     if mix.as_ref().is_some_and(|m| m.has(Kind::Derived)) {
-        let tokens = derive_tokens(args.server, &keys, args.tokens.unwrap_or(1000))?;
+        let tokens = derive_tokens(&args.server, &keys, args.tokens.unwrap_or(1000))?;
         pools.set(Kind::Derived, tokens);
     }
     let shape = Shape {
@@ -459,11 +462,11 @@ fn build_requests(args: &Args) -> Result<Requests, String> {
 
 /// Mints one derived token per valid key (up to `count`), each expected to verify as valid.
 fn derive_tokens(
-    server: SocketAddr,
+    server: &Endpoint,
     keys: &[ExpectedKey],
     count: usize,
 ) -> Result<Vec<ExpectedKey>, String> {
-    let mut client = keyward::client::Client::connect(server)
+    let mut client = keyward::client::Client::connect_to(server)
         .map_err(|e| format!("cannot connect to {server}: {e}"))?;
     let mut tokens = Vec::with_capacity(count);
     for key in keys
@@ -513,7 +516,7 @@ fn measure(
         .iter()
         .enumerate()
         .map(|(thread, &connections)| ThreadPlan {
-            server: args.server,
+            server: args.server.clone(),
             protocol: args.protocol,
             connections,
             depth: args.depth,

@@ -4,7 +4,6 @@
 //! stored. Stores are pipelined in chunks and every acknowledgement is checked.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::report::thousands;
@@ -15,9 +14,10 @@ use keyward_loadgen::workload::Requests;
 const CHUNK: usize = 1000;
 
 pub fn run(args: &Args, requests: &Requests) -> Result<(), String> {
-    let server = args.server;
-    let mut stream =
-        TcpStream::connect(server).map_err(|e| format!("cannot connect to {server}: {e}"))?;
+    let server = &args.server;
+    let mut stream = server
+        .connect()
+        .map_err(|e| format!("cannot connect to {server}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;

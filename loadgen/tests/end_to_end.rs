@@ -41,7 +41,13 @@ struct Keyward {
 
 /// A 2-shard keyward over a generated table of `count` keys; the key file is `keys.txt`.
 fn keyward(count: usize) -> Keyward {
+    keyward_on(count, |_| "127.0.0.1:0".to_string())
+}
+
+/// Like [`keyward`], with the verify port at `listen(directory)`.
+fn keyward_on(count: usize, listen: impl FnOnce(&Path) -> String) -> Keyward {
     let dir = tempfile::tempdir().unwrap();
+    let listen = listen(dir.path());
     let data = dir.path().join("data");
     let status = Command::new(sibling("keyward-ctl"))
         .args([
@@ -60,13 +66,7 @@ fn keyward(count: usize) -> Keyward {
         .unwrap();
     assert!(status.success());
     let mut child = Command::new(sibling("keyward"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--listen", &listen, "--control", "127.0.0.1:0"])
         .args(["--shards", "2", "--spin-before-park-us", "0", "--data-dir"])
         .arg(&data)
         .stdout(Stdio::piped())
@@ -169,6 +169,45 @@ fn a_mixed_workload_is_answered_as_expected_and_reported() {
     let hgrm = std::fs::read_to_string(hgrm).unwrap();
     assert!(hgrm.contains("Total count    =        20000"), "{hgrm}");
     assert!(std::fs::read_to_string(svg).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn a_unix_socket_verify_port_is_driven_and_verified_through() {
+    let server = keyward_on(500, |dir| format!("unix:{}/verify.sock", dir.display()));
+    assert!(server.verify.starts_with("unix:"), "{}", server.verify);
+    let keys = server.dir.path().join("keys.txt");
+    let run = report(
+        &[
+            "--server",
+            &server.verify,
+            "--keys",
+            keys.to_str().unwrap(),
+            "--connections",
+            "4",
+            "--depth",
+            "4",
+            "--warmup",
+            "0",
+            "--requests",
+            "5000",
+        ],
+        0,
+    );
+    assert_eq!(run["mismatches"], 0);
+    assert_eq!(run["latency_samples"], 5000);
+    let keys = std::fs::read_to_string(&keys).unwrap();
+    let valid = keys
+        .lines()
+        .find(|line| line.split('\t').nth(1) == Some("valid"))
+        .and_then(|line| line.split('\t').next())
+        .unwrap();
+    let verified = Command::new(sibling("keyward-ctl"))
+        .args(["verify", valid, "--server", &server.verify])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{stdout}");
+    assert!(stdout.contains("valid"), "{stdout}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use keyward::credential::{Hasher, Prefixes};
 use keyward::datadir::DataDir;
+use keyward::endpoint::Endpoint;
 use keyward::keyset::{self, ExpectedKey};
 use keyward::record::{KeyRecord, UnixSeconds};
 use keyward::snapshot;
@@ -38,7 +39,9 @@ pub fn generated_data_dir(path: &Path, count: usize) -> Vec<ExpectedKey> {
 /// A running `keyward serve` child process, killed when dropped.
 pub struct Server {
     pub child: Child,
+    /// The verify port's TCP address (unspecified when it listens on a Unix socket).
     pub address: SocketAddr,
+    pub endpoint: Endpoint,
     pub control: SocketAddr,
     pub stdout: BufReader<ChildStdout>,
     pub data_dir: PathBuf,
@@ -108,23 +111,23 @@ impl Server {
                 let status = child.wait().unwrap();
                 panic!("keyward exited ({status}) before listening: {stderr}");
             }
-            let address_after = |marker: &str| {
-                line.split(marker).nth(1).map(|rest| {
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap()
-                })
+            let word_after = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap().to_string())
             };
-            if let Some(found) = address_after("verify port listening on ") {
-                verify = Some(found);
+            if let Some(found) = word_after("verify port listening on ") {
+                verify = Some(found.parse::<Endpoint>().unwrap());
             }
-            if let Some(control) = address_after("control port listening on ") {
-                let address = verify.expect("the verify port line comes first");
+            if let Some(control) = word_after("control port listening on ") {
+                let control = control.parse::<SocketAddr>().unwrap();
+                let endpoint = verify.expect("the verify port line comes first");
                 return Server {
                     child,
-                    address,
+                    address: endpoint
+                        .tcp()
+                        .unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
+                    endpoint,
                     control,
                     stdout,
                     data_dir: data_dir.to_path_buf(),

@@ -14,6 +14,7 @@ use serde_json::json;
 use keyward::client::Client;
 use keyward::credential::{self, Hasher, KeyId, Parsed, Prefixes};
 use keyward::datadir::DataDir;
+use keyward::endpoint::Endpoint;
 use keyward::keyset;
 use keyward::protocol::{Status, VerifyRequest};
 use keyward::record::{Cidr, KeyKind, KeyRecord, KeyStatus, UnixSeconds};
@@ -62,9 +63,9 @@ enum Command {
     SelfRevoke {
         /// The key's credential.
         credential: String,
-        /// Verify port of the server.
+        /// Verify port of the server: HOST:PORT, or unix:/PATH.
         #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
-        server: String,
+        server: Endpoint,
     },
     /// Derived capability tokens: derive, attenuate offline, inspect.
     #[command(subcommand)]
@@ -231,9 +232,9 @@ struct ListArgs {
 struct VerifyArgs {
     /// The credential: a keyward key, an imported key or a derived token.
     credential: String,
-    /// Verify port of the server.
+    /// Verify port of the server: HOST:PORT, or unix:/PATH.
     #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
-    server: String,
+    server: Endpoint,
     /// Scope the key must carry, e.g. orders:read.
     #[arg(long)]
     scope: Option<String>,
@@ -389,7 +390,7 @@ mod log;
 mod token;
 
 fn verify(args: VerifyArgs) -> Result<(), Failure> {
-    let mut client = Client::connect(&args.server)
+    let mut client = Client::connect_to(&args.server)
         .map_err(|e| Failure::Error(format!("cannot reach {}: {e}", args.server)))?;
     client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
     let request = VerifyRequest {
@@ -436,8 +437,8 @@ fn verify(args: VerifyArgs) -> Result<(), Failure> {
     }
 }
 
-fn self_revoke(credential: &str, server: &str) -> Result<(), Failure> {
-    let mut client = Client::connect(server)
+fn self_revoke(credential: &str, server: &Endpoint) -> Result<(), Failure> {
+    let mut client = Client::connect_to(server)
         .map_err(|e| Failure::Error(format!("cannot reach {server}: {e}")))?;
     client.set_timeout(Some(std::time::Duration::from_secs(30)))?;
     match client.revoke_self(credential.as_bytes())? {

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use keyward::admin::opcode;
 use keyward::client::Client;
+use keyward::endpoint::Endpoint;
 use keyward::protocol::{DeriveRequest, DeriveResult};
 use keyward::record::{Cidr, UnixSeconds};
 use keyward::token::{Caveat, Token};
@@ -72,9 +73,9 @@ pub struct DeriveArgs {
     /// The parent key's id (admin, over the control port).
     #[arg(long, value_name = "ID")]
     id: Option<u64>,
-    /// Verify port, for --key.
+    /// Verify port, for --key: HOST:PORT, or unix:/PATH.
     #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
-    server: String,
+    server: Endpoint,
     #[command(flatten)]
     narrowing: Narrowing,
     #[command(flatten)]
@@ -128,7 +129,7 @@ fn derive(args: DeriveArgs) -> Result<(), Failure> {
                     .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
                     .collect(),
             };
-            let mut client = Client::connect(&args.server)
+            let mut client = Client::connect_to(&args.server)
                 .map_err(|e| Failure::Error(format!("cannot reach {}: {e}", args.server)))?;
             client.set_timeout(Some(Duration::from_secs(10)))?;
             match client.derive(&request)? {
