@@ -520,6 +520,19 @@ impl Snapshot {
         }
     }
 
+    /// Asks the CPU to start loading `id`'s scope list, which the archive keeps apart from the
+    /// record (its record should be cached by now, see [`Snapshot::prefetch_record`]). Only a
+    /// key that exists has one to load; a valid answer lists its scopes.
+    #[inline]
+    pub fn prefetch_scopes(&self, id: KeyId) {
+        if let Some(record) = self.find(id) {
+            let scopes = record.scopes.as_slice();
+            if !scopes.is_empty() {
+                prefetch(scopes.as_ptr() as *const u8, 1);
+            }
+        }
+    }
+
     /// Looks `id` up; when it is absent, returns instead a decoy record (`Err`) picked by the id
     /// *and by the empty slot the probe ended on*. Checking the presented credential against the
     /// decoy loads a record as a hit does, and since the decoy's address depends on the slot just
