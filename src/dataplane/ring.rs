@@ -8,7 +8,9 @@
 //! | none | 5.8 | what `server::check_io_uring` asks for at the least |
 //!
 //! With `SINGLE_ISSUER` only the thread that built the ring may submit to it: build it on the
-//! shard's own thread.
+//! shard's own thread. Both optional modes also ask for `TASKRUN_FLAG`: the kernel then marks in
+//! the shared ring when it holds completions it will post on the next enter, so a busy-polling
+//! shard can look at memory instead of entering the kernel to find out.
 
 use std::io;
 
@@ -29,6 +31,7 @@ pub fn build(entries: u32) -> io::Result<(IoUring, Features)> {
     if let Ok(ring) = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
+        .setup_taskrun_flag()
         .build(entries)
     {
         let features = Features {
@@ -38,7 +41,11 @@ pub fn build(entries: u32) -> io::Result<(IoUring, Features)> {
         };
         return Ok((ring, features));
     }
-    if let Ok(ring) = IoUring::builder().setup_coop_taskrun().build(entries) {
+    if let Ok(ring) = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(entries)
+    {
         let features = Features {
             coop_taskrun: true,
             ..Features::default()

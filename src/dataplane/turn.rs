@@ -128,6 +128,8 @@ const SEND: u64 = 3;
 const CANCEL: u64 = 4;
 const BELL: u64 = 5;
 const BUFFER_GROUP: u16 = 0;
+/// `IORING_ENTER_GETEVENTS`.
+const ENTER_GETEVENTS: u32 = 1;
 /// Most waiting connections refused in one go when out of file descriptors.
 const REFUSE_BATCH_MAX: u64 = 256;
 /// Pause before accepting again after a failed accept (EMFILE and friends leave the
@@ -221,17 +223,18 @@ pub fn serve(
         }
         let polling = !settings.busy_poll.is_zero()
             && turn.now.duration_since(last_work) < settings.busy_poll;
-        let wait = if polling {
-            Duration::ZERO
+        let entered = if polling {
+            turn.poll_once()
         } else {
-            next_tick
+            let wait = next_tick
                 .saturating_duration_since(turn.now)
-                .min(settings.stop_poll)
+                .min(settings.stop_poll);
+            let timeout = types::Timespec::from(wait);
+            let args = types::SubmitArgs::new().timespec(&timeout);
+            turn.ring.submitter().submit_with_args(1, &args).map(|_| ())
         };
-        let timeout = types::Timespec::from(wait);
-        let args = types::SubmitArgs::new().timespec(&timeout);
-        match turn.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
+        match entered {
+            Ok(()) => {}
             Err(error)
                 if matches!(
                     error.raw_os_error(),
@@ -308,6 +311,29 @@ impl Turn {
                     .push(entry)
                     .map_err(|_| io::Error::other("submission queue full"))?;
             }
+        }
+        Ok(())
+    }
+
+    /// One look for work without sleeping: enters the kernel only when there is something to
+    /// submit or the kernel flagged completions waiting to be posted (a zero-timeout wait would
+    /// sleep anyway: the kernel arms a timer with tens of microseconds of slack).
+    fn poll_once(&mut self) -> io::Result<()> {
+        let mut submission = self.ring.submission();
+        submission.sync();
+        let queued = submission.len() as u32;
+        let enter = queued > 0 || submission.taskrun() || submission.cq_overflow();
+        drop(submission);
+        if enter {
+            // GETEVENTS with nothing to wait for: runs the deferred completions and returns.
+            // SAFETY: no argument is passed.
+            unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(queued, 0, ENTER_GETEVENTS, None)?;
+            }
+        } else {
+            std::hint::spin_loop();
         }
         Ok(())
     }
