@@ -466,6 +466,23 @@ fn bind_listener(
     Ok(socket)
 }
 
+/// The oldest kernel with everything the data plane needs (docs/OPERATIONS.md, "The kernel and
+/// io_uring").
+pub const KERNEL_MIN: (u32, u32) = (6, 0);
+
+/// The running kernel's release string and its major and minor numbers.
+fn kernel_release() -> Option<(String, u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = release.trim().to_string();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .map(|part| part.parse::<u32>().ok());
+    let major = numbers.next()??;
+    let minor = numbers.next()??;
+    Some((release, major, minor))
+}
+
 /// Probes io_uring with a tiny ring and turns a refusal into advice.
 pub fn check_io_uring() -> Result<(), ServerError> {
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
@@ -479,6 +496,15 @@ pub fn check_io_uring() -> Result<(), ServerError> {
                 .into(),
         ));
     }
+    if let Some((release, major, minor)) = kernel_release() {
+        if (major, minor) < KERNEL_MIN {
+            return Err(ServerError::IoUring(format!(
+                "this kernel is Linux {release}; keyward's data plane needs {}.{} or newer \
+                 (multishot receive into provided buffer rings): upgrade the kernel",
+                KERNEL_MIN.0, KERNEL_MIN.1
+            )));
+        }
+    }
     let mut params = [0u8; 120]; // struct io_uring_params, zeroed
                                  // SAFETY: io_uring_setup reads and writes `params`, which is large enough; the returned
                                  // descriptor is closed right away.
@@ -491,7 +517,7 @@ pub fn check_io_uring() -> Result<(), ServerError> {
     let errno = std::io::Error::last_os_error();
     let advice = match errno.raw_os_error() {
         Some(libc::ENOSYS) => {
-            "the kernel has no io_uring (Linux 5.8 or newer is needed) or a seccomp \
+            "the kernel has no io_uring (Linux 6.0 or newer is needed) or a seccomp \
                                profile hides it (containers: allow io_uring_setup, io_uring_enter, \
                                io_uring_register)"
         }

@@ -373,3 +373,46 @@ fn the_verify_port_on_a_unix_socket() {
     assert!(stderr.contains("is not a socket"), "{stderr}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
 }
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn idle_is_idle_with_and_without_busy_polling() {
+    for busy_poll in ["0", "200"] {
+        let directory = tempfile::tempdir().unwrap();
+        let keys = common::generated_data_dir(directory.path(), 20);
+        let valid = keys.iter().find(|k| k.expected == Status::Valid).unwrap();
+        let server = common::Server::start(
+            directory.path(),
+            &["--shards", "2", "--busy-poll-us", busy_poll],
+        );
+        let mut client = Client::connect(server.address).unwrap();
+        client.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        let request = VerifyRequest {
+            credential: valid.credential.as_bytes(),
+            ..Default::default()
+        };
+        for _ in 0..2000 {
+            assert_eq!(client.verify(&request).unwrap().status, Status::Valid);
+        }
+        // Connected but silent: the shards sleep in the kernel.
+        std::thread::sleep(Duration::from_millis(200));
+        let before = cpu_ticks(server.child.id());
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu_ticks(server.child.id()) - before;
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        assert!(
+            used * 20 <= ticks_per_second,
+            "busy_poll_us {busy_poll}: an idle server used {used} ticks of CPU in 1 s (at most 5% allowed)"
+        );
+        assert_eq!(client.verify(&request).unwrap().status, Status::Valid);
+    }
+}

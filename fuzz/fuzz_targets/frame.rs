@@ -6,6 +6,22 @@ use keyward::protocol::{self, opcode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // The shard's decoder: one call per request frame, agreeing with the frame decoder below on
+    // where each frame ends and on whether its body parses.
+    let mut at = 0;
+    while let Ok(Some(request)) = protocol::decode_request(&data[at..], protocol::BODY_BYTES_DEFAULT) {
+        let frame = protocol::decode_frame(&data[at..], protocol::BODY_BYTES_DEFAULT).unwrap().unwrap();
+        assert_eq!(request.bytes, frame.bytes());
+        assert_eq!(request.request_id, frame.header.request_id);
+        if let Ok(protocol::RequestKind::VerifyBatch(items, count)) = &request.kind {
+            assert_eq!(items.clone().count(), *count);
+        }
+        at += request.bytes;
+    }
+    assert_eq!(
+        protocol::decode_request(&data[at..], protocol::BODY_BYTES_DEFAULT).is_err(),
+        protocol::decode_frame(&data[at..], protocol::BODY_BYTES_DEFAULT).is_err()
+    );
     let mut at = 0;
     while let Ok(Some(frame)) = protocol::decode_frame(&data[at..], protocol::BODY_BYTES_DEFAULT) {
         assert!(frame.bytes() >= protocol::HEADER_BYTES);
