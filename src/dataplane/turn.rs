@@ -128,8 +128,6 @@ const SEND: u64 = 3;
 const CANCEL: u64 = 4;
 const BELL: u64 = 5;
 const BUFFER_GROUP: u16 = 0;
-/// `IORING_ENTER_GETEVENTS`.
-const ENTER_GETEVENTS: u32 = 1;
 /// Most waiting connections refused in one go when out of file descriptors.
 const REFUSE_BATCH_MAX: u64 = 256;
 /// Pause before accepting again after a failed accept (EMFILE and friends leave the
@@ -145,6 +143,7 @@ fn user_data(kind: u64, slot: usize) -> u64 {
 /// The loop's state.
 struct Turn {
     ring: IoUring,
+    enter: ring::Enter,
     buffers: BufferRing,
     listener: RawFd,
     settings: TurnSettings,
@@ -188,8 +187,10 @@ pub fn serve(
     // The doorbell's receive writes here: it outlives the ring (declared before `turn`).
     let mut bell_bytes = Box::new([0u8; 64]);
     let now = Instant::now();
+    let enter = ring::Enter::register(&ring);
     let mut turn = Turn {
         ring,
+        enter,
         buffers,
         listener,
         settings,
@@ -229,9 +230,8 @@ pub fn serve(
             let wait = next_tick
                 .saturating_duration_since(turn.now)
                 .min(settings.stop_poll);
-            let timeout = types::Timespec::from(wait);
-            let args = types::SubmitArgs::new().timespec(&timeout);
-            turn.ring.submitter().submit_with_args(1, &args).map(|_| ())
+            let queued = turn.ring.submission().len() as u32;
+            turn.enter.enter(queued, 1, Some(wait))
         };
         match entered {
             Ok(()) => {}
@@ -325,13 +325,8 @@ impl Turn {
         let enter = queued > 0 || submission.taskrun() || submission.cq_overflow();
         drop(submission);
         if enter {
-            // GETEVENTS with nothing to wait for: runs the deferred completions and returns.
-            // SAFETY: no argument is passed.
-            unsafe {
-                self.ring
-                    .submitter()
-                    .enter::<libc::sigset_t>(queued, 0, ENTER_GETEVENTS, None)?;
-            }
+            // Nothing to wait for: runs the deferred completions and returns.
+            self.enter.enter(queued, 0, None)?;
         } else {
             std::hint::spin_loop();
         }
