@@ -416,3 +416,63 @@ fn idle_is_idle_with_and_without_busy_polling() {
         assert_eq!(client.verify(&request).unwrap().status, Status::Valid);
     }
 }
+
+#[test]
+fn a_client_that_never_reads_is_closed_after_the_idle_timeout() {
+    let directory = tempfile::tempdir().unwrap();
+    common::generated_data_dir(directory.path(), 5);
+    // One connection allowed: the slot a non-reader holds must come back.
+    let server = common::Server::start(
+        directory.path(),
+        &[
+            "--shards",
+            "1",
+            "--connections-per-shard-max",
+            "1",
+            "--idle-timeout-ms",
+            "500",
+        ],
+    );
+    let mut greedy = TcpStream::connect(server.address).unwrap();
+    greedy.set_nonblocking(true).unwrap();
+    let mut pings = Vec::new();
+    for id in 0..10_000 {
+        protocol::put_ping_frame(&mut pings, id);
+    }
+    // Pipeline until the server stops reading (bounded: 256 MiB at most).
+    let mut written = 0usize;
+    let mut stalled_since = Instant::now();
+    while written < 256 << 20 && stalled_since.elapsed() < Duration::from_secs(1) {
+        match greedy.write(&pings[written % pings.len()..]) {
+            Ok(n) => {
+                written += n;
+                stalled_since = Instant::now();
+            }
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => break, // already closed
+        }
+    }
+    // The non-reader's slot comes back once it has made no progress for the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut next = TcpStream::connect(server.address).unwrap();
+        next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut ping = Vec::new();
+        protocol::put_ping_frame(&mut ping, 7);
+        next.write_all(&ping).unwrap();
+        let (header, body) = read_frame(&mut next).unwrap();
+        if header.opcode == opcode::PONG {
+            break;
+        }
+        let error = protocol::parse_error(&body).unwrap();
+        assert_eq!(ErrorCode::from_u8(error.code), Some(ErrorCode::Busy));
+        assert!(
+            Instant::now() < deadline,
+            "a client that never reads kept its connection past the idle timeout"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(greedy);
+}

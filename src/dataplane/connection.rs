@@ -40,6 +40,8 @@ pub struct Connection {
     pub closing: bool,
     /// When the last bytes arrived (for the idle timeout).
     pub last_input: Instant,
+    /// When the kernel last took some of its answers (a client that stops reading makes none).
+    pub last_output: Instant,
     /// When the first byte of the frame still pending arrived (for the frame timeout).
     pub frame_started: Option<Instant>,
 }
@@ -59,6 +61,7 @@ impl Connection {
             waiting: false,
             closing: false,
             last_input: now,
+            last_output: now,
             frame_started: None,
         }
     }

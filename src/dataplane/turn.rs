@@ -19,7 +19,8 @@
 //!
 //! Timers: every `tick` the turn looks at each connection's clocks: silent past `idle_timeout`
 //! → closed without a word; a frame unfinished `frame_timeout` after its first byte → a
-//! `timeout` error, then closed.
+//! `timeout` error, then closed; answers not taken by the client for `idle_timeout` (it stopped
+//! reading) → shut down and closed, so a client that never reads cannot hold a connection.
 //!
 //! A completion's `user_data` names the operation (low 8 bits) and the connection's slot.
 
@@ -547,6 +548,7 @@ impl Turn {
             connection.sent = 0;
         } else {
             connection.sent += result as usize;
+            connection.last_output = self.now;
             if connection.sent < connection.sending.len() {
                 // A short send: the rest goes before anything newer.
                 return self.push_send(slot);
@@ -671,6 +673,18 @@ impl Turn {
                 continue;
             };
             if connection.closing || connection.waiting {
+                continue;
+            }
+            let progress = connection.last_input.max(connection.last_output);
+            if connection.unsent() > 0 && self.now.duration_since(progress) >= settings.idle_timeout
+            {
+                // Answers the client has not taken for the whole idle timeout: it stopped
+                // reading. Shutting the socket down ends the send that waits for it.
+                connection.closing = true;
+                connection.output.clear();
+                // SAFETY: shutdown on the connection's own open descriptor.
+                unsafe { libc::shutdown(connection.fd, libc::SHUT_RDWR) };
+                self.touched.push(slot);
                 continue;
             }
             match connection.frame_started {
