@@ -308,6 +308,15 @@ enum TableCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Where a snapshot's bytes go (bytes per key by section), the hash tables' load factor and
+    /// probe lengths, and the interned names.
+    Stats {
+        /// A snapshot file, or a data directory.
+        file: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fully validate a snapshot (exit 0: good, 1: refused, with the reason).
     Check {
         /// A snapshot file, or a data directory.
@@ -369,6 +378,7 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
             records,
             json,
         }) => inspect(&file, records, json),
+        Command::Table(TableCommand::Stats { file, json }) => table_stats(&file, json),
         Command::Table(TableCommand::Check { file }) => check(&file),
         Command::Issue(args) => admin::issue(args),
         Command::Import(args) => admin::import(args),
@@ -673,6 +683,62 @@ fn snapshot_path(file: &Path) -> PathBuf {
     } else {
         file.to_path_buf()
     }
+}
+
+fn table_stats(file: &Path, as_json: bool) -> Result<(), Failure> {
+    let snapshot = Snapshot::open(&snapshot_path(file)).map_err(|e| Failure::No(e.to_string()))?;
+    let stats = snapshot.stats();
+    if as_json {
+        let mut value = serde_json::to_value(&stats)?;
+        value["path"] = json!(snapshot.path());
+        value["sections"] = stats
+            .sections
+            .iter()
+            .map(|(name, bytes)| (name.to_string(), json!(bytes)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        println!("{value}");
+        return Ok(());
+    }
+    let per_key = |bytes: u64| bytes as f64 / stats.records.max(1) as f64;
+    println!(
+        "{}: {} records, {} bytes, {:.1} bytes per key",
+        snapshot.path().display(),
+        stats.records,
+        stats.file_bytes,
+        per_key(stats.file_bytes)
+    );
+    println!(
+        "{:<18} {:>14} {:>10} {:>7}",
+        "section", "bytes", "per key", "share"
+    );
+    for (name, bytes) in &stats.sections {
+        println!(
+            "{name:<18} {bytes:>14} {:>10.1} {:>6.1}%",
+            per_key(*bytes),
+            100.0 * *bytes as f64 / stats.file_bytes.max(1) as f64
+        );
+    }
+    println!(
+        "id table: load factor {:.3}, mean probe {:.2} slots; fingerprint table: load factor {:.3}",
+        stats.id_load_factor, stats.probe_length_mean, stats.fingerprint_load_factor
+    );
+    let histogram: Vec<String> = stats
+        .probe_lengths
+        .iter()
+        .enumerate()
+        .filter(|(_, count)| **count > 0)
+        .map(|(index, count)| {
+            let last = index + 1 == stats.probe_lengths.len();
+            format!("{}{}: {count}", index + 1, if last { "+" } else { "" })
+        })
+        .collect();
+    println!("probe lengths (slots read: keys): {}", histogram.join(", "));
+    println!(
+        "interned: {} tenants, {} scopes",
+        stats.tenants, stats.scopes
+    );
+    Ok(())
 }
 
 fn inspect(file: &Path, limit: usize, as_json: bool) -> Result<(), Failure> {

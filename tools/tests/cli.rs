@@ -361,3 +361,67 @@ fn a_corrupt_log_is_checked_then_cut_by_hand_keeping_the_damaged_copy() {
     assert!(stats.status.success(), "{}", text(&stats));
     assert!(text(&stats).contains("\"sequence\":1"), "{}", text(&stats));
 }
+
+#[test]
+fn table_stats_accounts_for_every_byte_and_every_key() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let keys = root.path().join("keys.txt");
+    let generated = ctl(&[
+        "keys",
+        "generate",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--count",
+        "3000",
+        "--out-keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(generated.status.success(), "{}", text(&generated));
+    let stats = ctl(&["table", "stats", data.to_str().unwrap(), "--json"]);
+    assert!(stats.status.success(), "{}", text(&stats));
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let file_bytes = json["file_bytes"].as_u64().unwrap();
+    let snapshot = data.join("snapshot.kws");
+    assert_eq!(file_bytes, std::fs::metadata(&snapshot).unwrap().len());
+    let sections: u64 = json["sections"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|bytes| bytes.as_u64().unwrap())
+        .sum();
+    assert_eq!(sections, file_bytes, "{json}");
+    let records = json["records"].as_u64().unwrap();
+    assert!(records > 2000, "{json}");
+    let probed: u64 = json["probe_lengths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|count| count.as_u64().unwrap())
+        .sum();
+    assert_eq!(probed, records, "every key's probe is counted once");
+    let load = json["id_load_factor"].as_f64().unwrap();
+    assert!(
+        load > 0.0 && load <= 0.5,
+        "the id table stays at most half full: {load}"
+    );
+    // The text form names each section and the bytes per key.
+    let text_form = ctl(&["table", "stats", data.to_str().unwrap()]);
+    let printed = String::from_utf8_lossy(&text_form.stdout);
+    for word in [
+        "bytes per key",
+        "id_slots",
+        "record_data",
+        "probe lengths",
+        "interned",
+    ] {
+        assert!(printed.contains(word), "{word} missing from: {printed}");
+    }
+    // A damaged table is refused, not summarised.
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&snapshot, &bytes).unwrap();
+    let refused = ctl(&["table", "stats", data.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+}
