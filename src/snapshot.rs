@@ -363,7 +363,10 @@ fn slot_hash(key: u64) -> u64 {
 /// BLAKE3 of a snapshot body, hashed on every core (blake3's rayon mode: the digest is the same
 /// as a one-thread hash). It was half of start-up at 1 M keys.
 fn body_digest(body: &[u8]) -> [u8; 32] {
-    *blake3::Hasher::new().update_rayon(body).finalize().as_bytes()
+    *blake3::Hasher::new()
+        .update_rayon(body)
+        .finalize()
+        .as_bytes()
 }
 
 /// Serializes records into snapshot bytes (header + body).

@@ -142,23 +142,13 @@ fn a_frame_split_at_every_byte_across_sends_and_buffers_is_answered() {
     }
 }
 
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_client_that_pipelines_and_never_reads_is_stopped_and_others_are_served() {
     let directory = tempfile::tempdir().unwrap();
     let keys = common::generated_data_dir(directory.path(), 20);
     let valid = keys.iter().find(|k| k.expected == Status::Valid).unwrap();
     let server = common::Server::start(directory.path(), &["--shards", "1"]);
-    let before = resident_kib(server.child.id());
+    let before = common::resident_kib(server.child.id());
     let mut greedy = TcpStream::connect(server.address).unwrap();
     greedy.set_nonblocking(true).unwrap();
     let mut batch = Vec::new();
@@ -197,12 +187,36 @@ fn a_client_that_pipelines_and_never_reads_is_stopped_and_others_are_served() {
     };
     assert_eq!(other.verify(&request).unwrap().status, Status::Valid);
     assert!(started.elapsed() < Duration::from_secs(1));
-    let grown = resident_kib(server.child.id()).saturating_sub(before);
+    let grown = common::resident_kib(server.child.id()).saturating_sub(before);
     eprintln!(
         "a client wrote {} MiB and stopped being read; the server grew {grown} KiB",
         written >> 20
     );
     assert!(grown < 16 * 1024, "server memory grew {grown} KiB");
+}
+
+/// Waits (up to `within`) until a new connection is served a PONG instead of `busy`: on a
+/// server allowing one connection, until the slot an earlier client held is free again. False
+/// when it never is.
+fn served_once_a_slot_frees(server: &common::Server, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut next = TcpStream::connect(server.address).unwrap();
+        next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut ping = Vec::new();
+        protocol::put_ping_frame(&mut ping, 7);
+        next.write_all(&ping).unwrap();
+        let (header, body) = read_frame(&mut next).unwrap();
+        if header.opcode == opcode::PONG {
+            return true;
+        }
+        let error = protocol::parse_error(&body).unwrap();
+        assert_eq!(ErrorCode::from_u8(error.code), Some(ErrorCode::Busy));
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -223,25 +237,10 @@ fn a_peer_reset_mid_frame_frees_its_connection() {
         let socket = socket2::Socket::from(stream);
         socket.set_linger(Some(Duration::ZERO)).unwrap(); // close sends a reset
         drop(socket);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut next = TcpStream::connect(server.address).unwrap();
-            next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut ping = Vec::new();
-            protocol::put_ping_frame(&mut ping, 7);
-            next.write_all(&ping).unwrap();
-            let (header, body) = read_frame(&mut next).unwrap();
-            if header.opcode == opcode::PONG {
-                break;
-            }
-            let error = protocol::parse_error(&body).unwrap();
-            assert_eq!(ErrorCode::from_u8(error.code), Some(ErrorCode::Busy));
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: the reset connection was never freed"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            served_once_a_slot_frees(&server, Duration::from_secs(5)),
+            "round {round}: the reset connection was never freed"
+        );
     }
 }
 
@@ -455,24 +454,9 @@ fn a_client_that_never_reads_is_closed_after_the_idle_timeout() {
         }
     }
     // The non-reader's slot comes back once it has made no progress for the idle timeout.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut next = TcpStream::connect(server.address).unwrap();
-        next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut ping = Vec::new();
-        protocol::put_ping_frame(&mut ping, 7);
-        next.write_all(&ping).unwrap();
-        let (header, body) = read_frame(&mut next).unwrap();
-        if header.opcode == opcode::PONG {
-            break;
-        }
-        let error = protocol::parse_error(&body).unwrap();
-        assert_eq!(ErrorCode::from_u8(error.code), Some(ErrorCode::Busy));
-        assert!(
-            Instant::now() < deadline,
-            "a client that never reads kept its connection past the idle timeout"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        served_once_a_slot_frees(&server, Duration::from_secs(10)),
+        "a client that never reads kept its connection past the idle timeout"
+    );
     drop(greedy);
 }

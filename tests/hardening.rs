@@ -40,16 +40,6 @@ fn error_of(stream: &mut TcpStream) -> (ErrorCode, String) {
     (ErrorCode::from_u8(error.code).unwrap(), error.message)
 }
 
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap()
-}
-
 /// Sends one frame of `opcode` with `body` as it is.
 fn send_frame(stream: &mut TcpStream, opcode: u8, request_id: u32, body: &[u8]) {
     let mut frame = Vec::new();
@@ -208,7 +198,7 @@ fn a_large_frame_does_not_keep_the_limit_in_memory() {
     );
     let mut warm = Client::connect(server.address).unwrap();
     warm.ping().unwrap();
-    let before = resident_kib(server.child.id());
+    let before = common::resident_kib(server.child.id());
     // 40 connections, each with the first 16 KiB of a 20 KB VERIFY pending.
     let body_bytes = 20_000u32;
     let mut header = Vec::new();
@@ -223,7 +213,7 @@ fn a_large_frame_does_not_keep_the_limit_in_memory() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     warm.ping().unwrap();
-    let pending = resident_kib(server.child.id());
+    let pending = common::resident_kib(server.child.id());
     // Finish the frames (a body of zeros is a bad body: an ERROR, the connection stays open).
     for stream in &mut streams {
         stream
@@ -398,7 +388,7 @@ fn a_wrong_token_is_refused_before_the_body_is_held() {
     let server = common::Server::start(directory.path(), &[]);
     let mut admin = server.admin();
     admin.call(control::STATS, &json!({})).unwrap();
-    let before = resident_kib(server.child.id());
+    let before = common::resident_kib(server.child.id());
     let body_bytes = admin::CONTROL_BODY_BYTES_MAX;
     let mut start = Vec::new();
     protocol::put_header(&mut start, control::ISSUE, 1, body_bytes);
@@ -413,7 +403,7 @@ fn a_wrong_token_is_refused_before_the_body_is_held() {
         })
         .collect();
     admin.call(control::STATS, &json!({})).unwrap();
-    let grown = resident_kib(server.child.id()).saturating_sub(before);
+    let grown = common::resident_kib(server.child.id()).saturating_sub(before);
     assert!(
         grown < 32 * 1024,
         "48 unauthenticated 3 MiB bodies grew the server by {grown} KiB"

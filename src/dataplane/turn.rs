@@ -34,6 +34,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use super::buffers::BufferRing;
 use super::connection::{Connection, ConnectionId, INPUT_BYTES_INITIAL};
 use super::ring;
+use super::socket::{refuse, set_nodelay, set_nonblocking};
 use crate::protocol::{self, ErrorCode};
 
 /// What a connection does after the service answered its bytes.
@@ -301,9 +302,10 @@ pub fn serve(
 
 impl Turn {
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
-        // SAFETY: every entry pushed here refers to memory owned by a connection (its `sending`
-        // buffer, kept until the send's completion), the buffer ring, the doorbell's bytes
-        // (kept until the ring is gone), or nothing.
+        // Every entry pushed here refers to memory that outlives its completion: a connection's
+        // `sending` buffer (kept until the send's completion), the buffer ring, the doorbell's
+        // bytes (kept until the ring is gone), or nothing.
+        // SAFETY: as above.
         unsafe {
             if self.ring.submission().push(entry).is_err() {
                 self.ring.submit()?;
@@ -473,7 +475,7 @@ impl Turn {
                     slot,
                     serial: connection.serial,
                 };
-                take_input(connection, id_of, bytes, &self.settings, service);
+                take_input(connection, id_of, bytes, self.now, service);
             }
             self.buffers.recycle(id);
         }
@@ -581,7 +583,7 @@ impl Turn {
         connection.output.extend_from_slice(answer);
         if !connection.closing {
             let input = std::mem::take(&mut connection.input);
-            take_input(connection, id, &input, &self.settings, service);
+            take_input(connection, id, &input, self.now, service);
             if connection.input.is_empty() {
                 connection.input = input;
                 connection.input.clear();
@@ -777,7 +779,7 @@ fn take_input(
     connection: &mut Connection,
     id: ConnectionId,
     bytes: &[u8],
-    settings: &TurnSettings,
+    now: Instant,
     service: &mut impl Service,
 ) {
     if connection.waiting {
@@ -806,144 +808,7 @@ fn take_input(
         (true, _) => None,
         _ if connection.waiting => None,
         // Something of a new frame is pending: its clock starts now.
-        (false, 1..) => Some(Instant::now()),
-        (false, 0) => connection.frame_started.or_else(|| Some(Instant::now())),
+        (false, 1..) => Some(now),
+        (false, 0) => connection.frame_started.or(Some(now)),
     };
-    let _ = settings;
-}
-
-/// Tells a connection the shard cannot take it, and closes it.
-fn refuse(fd: RawFd, message: &str) {
-    let mut busy = Vec::new();
-    protocol::put_error_frame(&mut busy, 0, ErrorCode::Busy, message);
-    // SAFETY: `fd` is a connection just accepted, owned here and closed right after; a fresh
-    // socket's send buffer takes the small frame without blocking.
-    unsafe {
-        libc::send(
-            fd,
-            busy.as_ptr().cast(),
-            busy.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        );
-        libc::close(fd);
-    }
-}
-
-fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a valid pointer to a c_int of the right size; on a Unix socket it
-    // fails harmlessly.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// Sets or clears O_NONBLOCK.
-pub fn set_nonblocking(fd: RawFd, on: bool) {
-    // SAFETY: fcntl on an open descriptor of ours.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        let flags = if on {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
-        libc::fcntl(fd, libc::F_SETFL, flags);
-    }
-}
-
-/// A service that answers PING frames and nothing else (for measuring the turn itself).
-pub struct PingService {
-    pub frame_body_bytes_max: usize,
-}
-
-impl Service for PingService {
-    fn answer(&mut self, _: ConnectionId, bytes: &[u8], out: &mut Vec<u8>) -> (usize, Step) {
-        let mut consumed = 0;
-        loop {
-            match protocol::decode_frame(&bytes[consumed..], self.frame_body_bytes_max) {
-                Ok(Some(frame)) if frame.header.opcode == protocol::opcode::PING => {
-                    consumed += frame.bytes();
-                    protocol::put_pong_frame(out, frame.header.request_id);
-                }
-                Ok(Some(_)) => return (consumed, Step::Close),
-                Ok(None) => return (consumed, Step::More),
-                Err(error) => {
-                    protocol::put_error_frame(out, 0, error.code(), &error.to_string());
-                    return (consumed, Step::Close);
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::os::unix::io::AsRawFd;
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::protocol::opcode;
-
-    #[test]
-    fn frames_split_across_tiny_buffers_and_a_dry_ring_are_all_answered() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let settings = TurnSettings {
-            connections_max: 8,
-            // 4 buffers of 16 bytes: every 12-byte frame straddles buffers, and 3 000 pipelined
-            // frames run the ring dry again and again.
-            buffers: 4,
-            buffer_bytes: 16,
-            frame_body_bytes_max: 0,
-            stop_poll: Duration::from_millis(10),
-            ..TurnSettings::default()
-        };
-        let serving = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut service = PingService {
-                    frame_body_bytes_max: 0,
-                };
-                serve(listener.as_raw_fd(), settings, &stop, &mut service)
-            })
-        };
-        let clients: Vec<_> = (0..4u32)
-            .map(|client| {
-                std::thread::spawn(move || {
-                    let mut stream = TcpStream::connect(address).unwrap();
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(20)))
-                        .unwrap();
-                    let mut pings = Vec::new();
-                    for id in 0..3000 {
-                        protocol::put_ping_frame(&mut pings, client << 16 | id);
-                    }
-                    stream.write_all(&pings).unwrap();
-                    let mut answers = vec![0u8; pings.len()];
-                    stream.read_exact(&mut answers).unwrap();
-                    for (id, answer) in answers.chunks(protocol::HEADER_BYTES).enumerate() {
-                        let header: &[u8; protocol::HEADER_BYTES] = answer.try_into().unwrap();
-                        let header = protocol::decode_header(header, 0).unwrap();
-                        assert_eq!(header.opcode, opcode::PONG);
-                        assert_eq!(header.request_id, client << 16 | id as u32);
-                    }
-                })
-            })
-            .collect();
-        for client in clients {
-            client.join().unwrap();
-        }
-        stop.store(true, Ordering::Relaxed);
-        serving.join().unwrap().unwrap();
-    }
 }

@@ -196,3 +196,14 @@ pub fn start_expecting_failure(data_dir: &Path, extra: &[&str]) -> (ExitStatus, 
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Resident memory of a process, in KiB.
+pub fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap()
+}

@@ -97,7 +97,7 @@ fn serve(args: &Args) -> Result<(), String> {
             frame_body_bytes_max: 0,
             ..Default::default()
         };
-        let mut service = keyward::dataplane::turn::PingService {
+        let mut service = keyward::dataplane::ping::PingService {
             frame_body_bytes_max: 0,
         };
         return keyward::dataplane::turn::serve(
