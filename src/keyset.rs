@@ -76,6 +76,34 @@ pub struct KeySet {
 pub fn generate(count: usize, hasher: &Hasher, prefixes: &Prefixes, now: UnixSeconds) -> KeySet {
     let mut records = Vec::with_capacity(count);
     let mut keys = Vec::with_capacity(count);
+    generate_each(count, hasher, prefixes, now, |record, key| {
+        keys.push(key);
+        records.extend(record);
+    });
+    KeySet { records, keys }
+}
+
+/// Tenants a generated key set's records name.
+pub fn generated_tenants() -> Vec<String> {
+    (0..16).map(|i| format!("tenant-{i}")).collect()
+}
+
+/// Scopes a generated key set's records name.
+pub fn generated_scopes() -> Vec<String> {
+    ["orders:read", "orders:write", "billing:read"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Generates the key set of [`generate`] one key at a time, in id order, handing each key and
+/// its record (none for the unknown ones) to `each`: for sets too large to hold in memory.
+pub fn generate_each(
+    count: usize,
+    hasher: &Hasher,
+    prefixes: &Prefixes,
+    now: UnixSeconds,
+    mut each: impl FnMut(Option<KeyRecord>, ExpectedKey),
+) {
     for index in 0..count as u64 {
         let id = index + 1;
         let slot = index % 20;
@@ -147,17 +175,14 @@ pub fn generate(count: usize, hasher: &Hasher, prefixes: &Prefixes, now: UnixSec
             .encode(prefixes)
         };
         let known = slot != 19;
-        keys.push(ExpectedKey {
+        let key = ExpectedKey {
             credential,
             expected,
             scopes: known.then(|| record.scopes.clone()),
             allow: known.then(|| record.allow.clone()),
-        });
-        if known {
-            records.push(record);
-        }
+        };
+        each(known.then_some(record), key);
     }
-    KeySet { records, keys }
 }
 
 fn scopes_for(index: u64) -> Vec<String> {
@@ -174,30 +199,40 @@ fn scopes_for(index: u64) -> Vec<String> {
 /// Writes a key file: a comment line, then `credential<TAB>status[<TAB>scopes<TAB>allow]` per
 /// line (scopes and ranges comma-separated, `-` for none).
 pub fn write_key_file(out: &mut impl Write, keys: &[ExpectedKey]) -> std::io::Result<()> {
+    write_key_file_header(out)?;
+    for key in keys {
+        write_key_line(out, key)?;
+    }
+    Ok(())
+}
+
+/// The first line of a key file.
+pub fn write_key_file_header(out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
         "# keyward key file: credential<TAB>expected status of a plain VERIFY<TAB>scopes<TAB>allowed addresses"
-    )?;
-    for key in keys {
-        write!(out, "{}\t{}", key.credential, key.expected)?;
-        if let (Some(scopes), Some(allow)) = (&key.scopes, &key.allow) {
-            let list = |items: Vec<String>| {
-                if items.is_empty() {
-                    "-".to_string()
-                } else {
-                    items.join(",")
-                }
-            };
-            write!(
-                out,
-                "\t{}\t{}",
-                list(scopes.clone()),
-                list(allow.iter().map(Cidr::to_string).collect())
-            )?;
-        }
-        writeln!(out)?;
+    )
+}
+
+/// One key's line of a key file.
+pub fn write_key_line(out: &mut impl Write, key: &ExpectedKey) -> std::io::Result<()> {
+    write!(out, "{}\t{}", key.credential, key.expected)?;
+    if let (Some(scopes), Some(allow)) = (&key.scopes, &key.allow) {
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        write!(
+            out,
+            "\t{}\t{}",
+            list(scopes.clone()),
+            list(allow.iter().map(Cidr::to_string).collect())
+        )?;
     }
-    Ok(())
+    writeln!(out)
 }
 
 /// Why a key file could not be read.

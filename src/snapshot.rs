@@ -143,7 +143,7 @@ pub enum SnapshotError {
     Serialize(String),
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io {
         path: path.to_path_buf(),
         source,
@@ -242,36 +242,9 @@ pub fn build_body(records: &[KeyRecord]) -> Result<TableBody, SnapshotError> {
         .collect();
     scopes.sort();
     scopes.dedup();
-    let index_of = |dictionary: &[String], name: &str| -> u32 {
-        dictionary
-            .binary_search_by(|entry| entry.as_str().cmp(name))
-            .expect("name in dictionary") as u32
-    };
-
     let stored: Vec<StoredRecord> = sorted
         .iter()
-        .map(|record| StoredRecord {
-            id: record.id.0,
-            hash: record.hash,
-            tenant: index_of(&tenants, &record.tenant),
-            name: record.name.clone(),
-            scopes: record.scopes.iter().map(|s| index_of(&scopes, s)).collect(),
-            created: record.created.0,
-            not_before: record.not_before.0,
-            expires: record.expires.map_or(0, |e| e.0.max(1)),
-            status: record.status as u8,
-            visibility: visibility_to_u8(record.visibility),
-            kind: record.kind as u8,
-            allow: record
-                .allow
-                .iter()
-                .map(|c| StoredRange {
-                    network: c.network,
-                    prefix_len: c.prefix_len,
-                })
-                .collect(),
-            idempotency_key: record.idempotency_key.clone(),
-        })
+        .map(|record| stored_record(record, &tenants, &scopes))
         .collect();
 
     let id_slots = build_slots(stored.iter().map(|r| r.id));
@@ -305,9 +278,45 @@ pub fn build_body(records: &[KeyRecord]) -> Result<TableBody, SnapshotError> {
     })
 }
 
+/// A record as stored, its tenant and scopes replaced by their indices in the (sorted, unique)
+/// dictionaries, which must hold them.
+pub(crate) fn stored_record(
+    record: &KeyRecord,
+    tenants: &[String],
+    scopes: &[String],
+) -> StoredRecord {
+    let index_of = |dictionary: &[String], name: &str| -> u32 {
+        dictionary
+            .binary_search_by(|entry| entry.as_str().cmp(name))
+            .expect("name in dictionary") as u32
+    };
+    StoredRecord {
+        id: record.id.0,
+        hash: record.hash,
+        tenant: index_of(tenants, &record.tenant),
+        name: record.name.clone(),
+        scopes: record.scopes.iter().map(|s| index_of(scopes, s)).collect(),
+        created: record.created.0,
+        not_before: record.not_before.0,
+        expires: record.expires.map_or(0, |e| e.0.max(1)),
+        status: record.status as u8,
+        visibility: visibility_to_u8(record.visibility),
+        kind: record.kind as u8,
+        allow: record
+            .allow
+            .iter()
+            .map(|c| StoredRange {
+                network: c.network,
+                prefix_len: c.prefix_len,
+            })
+            .collect(),
+        idempotency_key: record.idempotency_key.clone(),
+    }
+}
+
 /// Open-addressing table over `keys` (0 = not inserted). Keys that repeat keep their first
 /// record; the caller detects that.
-fn build_slots(keys: impl ExactSizeIterator<Item = u64>) -> Vec<Slot> {
+pub(crate) fn build_slots(keys: impl ExactSizeIterator<Item = u64>) -> Vec<Slot> {
     let capacity = (keys.len() * 2).next_power_of_two().max(16);
     let mask = capacity - 1;
     let mut slots = vec![
@@ -356,13 +365,13 @@ fn probe(slots: &[Slot], key: u64) -> Option<&Slot> {
 }
 
 #[inline]
-fn slot_hash(key: u64) -> u64 {
+pub(crate) fn slot_hash(key: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes())
 }
 
 /// BLAKE3 of a snapshot body, hashed on every core (blake3's rayon mode: the digest is the same
 /// as a one-thread hash). It was half of start-up at 1 M keys.
-fn body_digest(body: &[u8]) -> [u8; 32] {
+pub(crate) fn body_digest(body: &[u8]) -> [u8; 32] {
     *blake3::Hasher::new()
         .update_rayon(body)
         .finalize()

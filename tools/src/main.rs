@@ -19,6 +19,7 @@ use keyward::keyset;
 use keyward::protocol::{Status, VerifyRequest};
 use keyward::record::{Cidr, KeyKind, KeyRecord, KeyStatus, UnixSeconds};
 use keyward::snapshot::{self, Snapshot};
+use keyward::table_writer::TableWriter;
 
 #[derive(Parser)]
 #[command(
@@ -513,14 +514,6 @@ fn generate(
     guard_existing(&data_dir, force)?;
     let hasher = Hasher::new(data_dir.pepper());
     eprintln!("keyward-ctl: minting {count} keys…");
-    let set = keyset::generate(count, &hasher, &prefixes, UnixSeconds::now());
-    let bytes = snapshot::encode(
-        &set.records,
-        replaced_sequence(&data_dir)?,
-        UnixSeconds::now(),
-    )?;
-    snapshot::write_atomic(&data_dir.snapshot_path(), &bytes)?;
-
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -528,21 +521,52 @@ fn generate(
         .mode_private()
         .open(out_keys)
         .map_err(|e| Failure::Error(format!("{}: {e}", out_keys.display())))?;
-    let mut writer = BufWriter::new(file);
-    keyset::write_key_file(&mut writer, &set.keys)?;
-    writer.flush()?;
-
+    let mut key_file = BufWriter::new(file);
+    keyset::write_key_file_header(&mut key_file)?;
+    // One key at a time: the table is written in bounded memory (table_writer.rs), and the
+    // key file line by line.
+    let mut table = TableWriter::create(
+        &data_dir.snapshot_path(),
+        keyset::generated_tenants(),
+        keyset::generated_scopes(),
+    )?;
     let mut by_status: BTreeMap<Status, usize> = BTreeMap::new();
-    for key in &set.keys {
-        *by_status.entry(key.expected).or_default() += 1;
+    let (mut records, mut credentials) = (0usize, 0usize);
+    let mut failure: Option<Failure> = None;
+    keyset::generate_each(
+        count,
+        &hasher,
+        &prefixes,
+        UnixSeconds::now(),
+        |record, key| {
+            if failure.is_some() {
+                return;
+            }
+            let has_record = record.is_some();
+            let written = record
+                .map(|record| table.push(&record).map_err(Failure::from))
+                .unwrap_or(Ok(()))
+                .and_then(|()| keyset::write_key_line(&mut key_file, &key).map_err(Failure::from));
+            match written {
+                Ok(()) => {
+                    records += usize::from(has_record);
+                    credentials += 1;
+                    *by_status.entry(key.expected).or_default() += 1;
+                }
+                Err(error) => failure = Some(error),
+            }
+        },
+    );
+    if let Some(error) = failure {
+        return Err(error);
     }
+    let bytes = table.finish(replaced_sequence(&data_dir)?, UnixSeconds::now())?;
+    key_file.flush()?;
+
     let mix: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!(
-        "wrote {} keys to {} ({} bytes) and {} credentials to {}",
-        set.records.len(),
+        "wrote {records} keys to {} ({bytes} bytes) and {credentials} credentials to {}",
         data_dir.snapshot_path().display(),
-        bytes.len(),
-        set.keys.len(),
         out_keys.display()
     );
     println!("expected answers: {}", mix.join(", "));
