@@ -20,6 +20,7 @@ use crate::delta::Delta;
 use crate::protocol::ErrorCode;
 use crate::record::{KeyRecord, UnixSeconds};
 use crate::snapshot::{self, Snapshot};
+use crate::table_writer::TableWriter;
 
 /// How often the control plane checks whether a compaction's build has finished.
 const POLL: Duration = Duration::from_millis(10);
@@ -183,26 +184,70 @@ type Built = Result<Arc<Snapshot>, String>;
 /// The records of `base` with every delta applied in order: each record a delta carries
 /// replaces the one with its id. Sorted by id, as a snapshot stores them.
 pub fn merge_records(base: &Snapshot, deltas: &[Arc<Delta>]) -> Vec<KeyRecord> {
-    let mut records: BTreeMap<KeyId, KeyRecord> = base.records().map(|r| (r.id, r)).collect();
-    for delta in deltas {
-        for record in &delta.records {
-            records.insert(record.id, record.clone());
-        }
-    }
-    records.into_values().collect()
+    merged_records(base, &latest_changes(deltas)).collect()
 }
 
-/// Merges the base snapshot with the committed deltas and writes the result atomically.
+/// The newest record of every key the deltas changed, by id.
+fn latest_changes(deltas: &[Arc<Delta>]) -> BTreeMap<KeyId, &KeyRecord> {
+    let mut changes = BTreeMap::new();
+    for delta in deltas {
+        for record in &delta.records {
+            changes.insert(record.id, record);
+        }
+    }
+    changes
+}
+
+/// The base's records with the changes applied, in id order, one at a time: the base is read
+/// from its mapping as the merge goes, so only the changes are held in memory.
+fn merged_records<'a>(
+    base: &'a Snapshot,
+    changes: &'a BTreeMap<KeyId, &'a KeyRecord>,
+) -> impl Iterator<Item = KeyRecord> + 'a {
+    let mut base_records = base.records().peekable();
+    let mut changed = changes.values().copied().peekable();
+    std::iter::from_fn(move || match (base_records.peek(), changed.peek()) {
+        (Some(old), Some(new)) if old.id < new.id => base_records.next(),
+        (Some(old), Some(new)) if old.id == new.id => {
+            base_records.next();
+            changed.next().cloned()
+        }
+        (_, Some(_)) => changed.next().cloned(),
+        (Some(_), None) => base_records.next(),
+        (None, None) => None,
+    })
+}
+
+/// Merges the base snapshot with the committed deltas and writes the result atomically, one
+/// record at a time (`table_writer.rs`): a compaction's memory is the changes and the slot
+/// tables, not the whole table several times over.
 fn build(
     base: &Snapshot,
     deltas: &[Arc<Delta>],
     sequence: u64,
     path: &std::path::Path,
 ) -> Result<Arc<Snapshot>, String> {
-    let records = merge_records(base, deltas);
-    let bytes =
-        snapshot::encode(&records, sequence, UnixSeconds::now()).map_err(|e| e.to_string())?;
-    snapshot::write_atomic(path, &bytes).map_err(|e| e.to_string())?;
+    let changes = latest_changes(deltas);
+    let body = base.body();
+    let tenants = body
+        .tenants
+        .iter()
+        .map(|t| t.as_str().to_string())
+        .chain(changes.values().map(|r| r.tenant.clone()))
+        .collect();
+    let scopes = body
+        .scopes
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .chain(changes.values().flat_map(|r| r.scopes.iter().cloned()))
+        .collect();
+    let mut writer = TableWriter::create(path, tenants, scopes).map_err(|e| e.to_string())?;
+    for record in merged_records(base, &changes) {
+        writer.push(&record).map_err(|e| e.to_string())?;
+    }
+    writer
+        .finish(sequence, UnixSeconds::now())
+        .map_err(|e| e.to_string())?;
     Snapshot::open(path).map_err(|e| e.to_string())
 }
 
