@@ -134,10 +134,10 @@ impl TableWriter {
                 .and_then(|file| file.sync_all())
                 .map_err(io_error(&spool_path))?;
             let count = ids.len();
-            let id_slots = build_slots(ids.into_iter());
+            let id_slots = build_slots(ids.iter().copied());
             let fingerprint_slots = build_slots(fingerprints.iter().copied());
-            check_fingerprints(&fingerprint_slots, &fingerprints)?;
-            drop(fingerprints);
+            check_fingerprints(&fingerprint_slots, &fingerprints, &ids)?;
+            drop((ids, fingerprints));
             let failure = Rc::new(RefCell::new(None));
             let body = StreamedBody {
                 id_slots: &id_slots,
@@ -167,7 +167,12 @@ fn sibling(path: &Path, what: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
 }
 
-fn check_fingerprints(slots: &[Slot], fingerprints: &[u64]) -> Result<(), SnapshotError> {
+/// Two imported keys with one fingerprint cannot both be found: refused, naming their ids.
+fn check_fingerprints(
+    slots: &[Slot],
+    fingerprints: &[u64],
+    ids: &[u64],
+) -> Result<(), SnapshotError> {
     let mask = slots.len() - 1;
     for (index, &key) in fingerprints.iter().enumerate() {
         if key == 0 {
@@ -180,8 +185,8 @@ fn check_fingerprints(slots: &[Slot], fingerprints: &[u64]) -> Result<(), Snapsh
         let first = slots[at].record as usize;
         if first != index {
             return Err(SnapshotError::DuplicateFingerprint {
-                first: first as u64,
-                second: index as u64,
+                first: ids[first],
+                second: ids[index],
             });
         }
     }
@@ -544,5 +549,40 @@ mod tests {
         stranger.tenant = "not given".into();
         let error = writer.push(&stranger).unwrap_err().to_string();
         assert!(error.contains("`not given`"), "{error}");
+    }
+
+    #[test]
+    fn two_imported_keys_with_one_fingerprint_are_refused_by_id() {
+        let now = UnixSeconds(1_800_000_000);
+        let set = keyset::generate(40, &Hasher::new(&[9; 32]), &Prefixes::default(), now);
+        let imported: Vec<&KeyRecord> = set
+            .records
+            .iter()
+            .filter(|r| r.kind == KeyKind::Imported)
+            .collect();
+        assert!(imported.len() >= 2);
+        let (first, second) = (imported[0].id.0, imported[1].id.0);
+        let mut records = set.records.clone();
+        let hash = imported[0].hash;
+        records.iter_mut().find(|r| r.id.0 == second).unwrap().hash = hash;
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(snapshot::FILE_NAME);
+        let tenants = records.iter().map(|r| r.tenant.clone()).collect();
+        let scopes = records.iter().flat_map(|r| r.scopes.clone()).collect();
+        let mut writer = TableWriter::create(&path, tenants, scopes).unwrap();
+        for record in &records {
+            writer.push(record).unwrap();
+        }
+        match writer.finish(0, now) {
+            Err(SnapshotError::DuplicateFingerprint {
+                first: a,
+                second: b,
+            }) => {
+                assert_eq!((a, b), (first, second))
+            }
+            other => panic!("expected a duplicate fingerprint, got {other:?}"),
+        }
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 0);
     }
 }

@@ -690,13 +690,21 @@ fn build(
             .validate()
             .map_err(|e| Failure::Error(format!("{}:{line}: {e}", from.display())))?;
     }
-    let bytes = snapshot::encode(&records, replaced_sequence(&data_dir)?, now)?;
-    snapshot::write_atomic(&data_dir.snapshot_path(), &bytes)?;
+    records.sort_by_key(|record| record.id);
+    let tenants = records.iter().map(|r| r.tenant.clone()).collect();
+    let scopes = records
+        .iter()
+        .flat_map(|r| r.scopes.iter().cloned())
+        .collect();
+    let mut table = TableWriter::create(&data_dir.snapshot_path(), tenants, scopes)?;
+    for record in &records {
+        table.push(record)?;
+    }
+    let bytes = table.finish(replaced_sequence(&data_dir)?, now)?;
     println!(
-        "wrote {} keys to {} ({} bytes)",
+        "wrote {} keys to {} ({bytes} bytes)",
         records.len(),
         data_dir.snapshot_path().display(),
-        bytes.len()
     );
     Ok(())
 }
