@@ -2,7 +2,7 @@
 //! revocation answers, and one task per shard that waits on its doorbell and hands what the
 //! shard sent to the committer (acknowledgements) or to `self_service` (revocations).
 
-use std::os::unix::io::{IntoRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -13,11 +13,15 @@ use glommio::net::UnixStream;
 use super::{self_service, Control};
 use crate::link::{self, Applied, ControlLink, Queues, RevocationAnswer, ShardMessage};
 
+/// The exit code when start-up cannot get a descriptor it needs.
+const EXIT_NO_DESCRIPTOR: i32 = 71;
+
 /// What the control plane holds of one shard's link.
 pub(super) struct ShardEnd {
     queues: Arc<Queues>,
-    /// The doorbell, owned by the shard's pump task (which reads it); written here.
-    bell: RawFd,
+    /// The doorbell, written here; the pump task reads a duplicate of it, so this descriptor
+    /// stays ours (never a number reused by another file) for as long as the end lives.
+    bell: OwnedFd,
 }
 
 impl ShardEnd {
@@ -27,7 +31,7 @@ impl ShardEnd {
     }
 
     pub(super) fn ring(&self) {
-        link::ring(self.bell);
+        link::ring(self.bell.as_raw_fd());
     }
 
     pub(super) fn answer(&self, answer: RevocationAnswer) {
@@ -46,11 +50,14 @@ pub(super) fn connect(
     let mut receivers = Vec::with_capacity(links.len());
     for link in links {
         let (queues, bell) = link.into_parts();
-        let fd = bell.into_raw_fd();
-        // SAFETY: `fd` is our end of a non-blocking Unix socket pair, owned by the stream from
-        // now on (and closed with it).
-        let stream = unsafe { <UnixStream as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
-        let end = Rc::new(ShardEnd { queues, bell: fd });
+        let reader = bell.try_clone().unwrap_or_else(|error| {
+            eprintln!("keyward: fatal: cannot duplicate a shard's doorbell descriptor: {error}");
+            std::process::exit(EXIT_NO_DESCRIPTOR);
+        });
+        // SAFETY: `reader` is a duplicate of our end of a non-blocking Unix socket pair, owned
+        // by the stream from now on (and closed with it).
+        let stream = unsafe { UnixStream::from_raw_fd(reader.into_raw_fd()) };
+        let end = Rc::new(ShardEnd { queues, bell });
         let (acks, received) = local_channel::new_unbounded();
         glommio::spawn_local(pump(stream, end.clone(), acks, control.clone())).detach();
         ends.push(end);
