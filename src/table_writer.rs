@@ -585,4 +585,36 @@ mod tests {
         assert!(!path.exists());
         assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 0);
     }
+
+    #[test]
+    fn seventy_thousand_tenants_and_five_thousand_scopes_round_trip() {
+        let now = UnixSeconds(1_800_000_000);
+        let base = keyset::generate(1, &Hasher::new(&[9; 32]), &Prefixes::default(), now)
+            .records
+            .remove(0);
+        let records: Vec<KeyRecord> = (0..70_000u64)
+            .map(|i| KeyRecord {
+                id: crate::credential::KeyId(i + 1),
+                tenant: format!("tenant-{i:05}"),
+                scopes: (0..3)
+                    .map(|k| format!("scope-{:04}", (i * 3 + k) % 5000))
+                    .collect(),
+                name: format!("key {i}"),
+                ..base.clone()
+            })
+            .collect();
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(snapshot::FILE_NAME);
+        let tenants = records.iter().map(|r| r.tenant.clone()).collect();
+        let scopes = records.iter().flat_map(|r| r.scopes.clone()).collect();
+        let mut writer = TableWriter::create(&path, tenants, scopes).unwrap();
+        for record in &records {
+            writer.push(record).unwrap();
+        }
+        writer.finish(0, now).unwrap();
+        let opened = Snapshot::open(&path).unwrap();
+        let stats = opened.stats();
+        assert_eq!((stats.tenants, stats.scopes), (70_000, 5000));
+        assert!(opened.records().eq(records.iter().cloned()));
+    }
 }
