@@ -469,22 +469,32 @@ impl Snapshot {
             });
         }
         let body = &map[HEADER_BYTES..];
-        if body_digest(body) != header.body_digest {
+        // The digest (on every core) and the structural checks run at once: rkyv's validation
+        // is safe on any bytes, and a digest mismatch is still the error reported first.
+        let (digest, checked) = std::thread::scope(|scope| {
+            let digest = scope.spawn(|| body_digest(body));
+            let checked = rkyv::access::<ArchivedTableBody, rkyv::rancor::Error>(body)
+                .map_err(|e| SnapshotError::Archive {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })
+                .and_then(|archived| {
+                    check_invariants(archived, &header).map_err(|detail| SnapshotError::Invariant {
+                        path: path.to_path_buf(),
+                        detail,
+                    })
+                });
+            (
+                digest.join().expect("the digest thread does not panic"),
+                checked,
+            )
+        });
+        if digest != header.body_digest {
             return Err(SnapshotError::BodyChecksum {
                 path: path.to_path_buf(),
             });
         }
-        let archived =
-            rkyv::access::<ArchivedTableBody, rkyv::rancor::Error>(body).map_err(|e| {
-                SnapshotError::Archive {
-                    path: path.to_path_buf(),
-                    detail: e.to_string(),
-                }
-            })?;
-        check_invariants(archived, &header).map_err(|detail| SnapshotError::Invariant {
-            path: path.to_path_buf(),
-            detail,
-        })?;
+        checked?;
         Ok(Arc::new(Snapshot {
             map,
             header,
