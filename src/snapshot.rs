@@ -419,14 +419,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         file.write_all(bytes).map_err(io_error(&temporary))?;
         file.sync_all().map_err(io_error(&temporary))?;
         fs::rename(&temporary, path).map_err(io_error(path))?;
-        File::open(directory)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error(directory))
+        sync_parent(path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temporary);
     }
     result
+}
+
+/// Makes a rename into `path`'s directory durable (fsync of the directory).
+pub(crate) fn sync_parent(path: &Path) -> Result<(), SnapshotError> {
+    let directory = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(directory)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(directory))
 }
 
 /// A validated, mapped snapshot. Shared read-only by every shard (`Arc<Snapshot>`).

@@ -27,8 +27,9 @@ use rkyv::{Archive, Place, Serialize};
 use crate::credential::fingerprint;
 use crate::record::{KeyKind, KeyRecord, UnixSeconds};
 use crate::snapshot::{
-    build_slots, io_error, stored_record, ArchivedSlot, ArchivedStoredRecord, ArchivedTableBody,
-    Header, Slot, SnapshotError, StoredRange, StoredRecord, HEADER_BYTES, RECORDS_MAX,
+    build_slots, io_error, stored_record, sync_parent, ArchivedSlot, ArchivedStoredRecord,
+    ArchivedTableBody, Header, Slot, SnapshotError, StoredRange, StoredRecord, HEADER_BYTES,
+    RECORDS_MAX,
 };
 
 /// A snapshot being written: push every record in id order, then [`TableWriter::finish`].
@@ -247,13 +248,7 @@ fn write_file(
             .map_err(io_error(&temporary))?;
         file.sync_all().map_err(io_error(&temporary))?;
         fs::rename(&temporary, path).map_err(io_error(path))?;
-        let directory = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        File::open(directory)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error(directory))?;
+        sync_parent(path)?;
         Ok(HEADER_BYTES as u64 + body_bytes)
     })();
     if result.is_err() {
@@ -501,6 +496,21 @@ mod tests {
     use crate::keyset;
     use crate::snapshot::{self, Snapshot};
 
+    /// Writes `records` (in id order) through a writer given exactly their names.
+    fn write_all(
+        path: &Path,
+        records: &[KeyRecord],
+        now: UnixSeconds,
+    ) -> Result<u64, SnapshotError> {
+        let tenants = records.iter().map(|r| r.tenant.clone()).collect();
+        let scopes = records.iter().flat_map(|r| r.scopes.clone()).collect();
+        let mut writer = TableWriter::create(path, tenants, scopes)?;
+        for record in records {
+            writer.push(record)?;
+        }
+        writer.finish(7, now)
+    }
+
     #[test]
     fn a_streamed_table_is_the_encoded_table_byte_for_byte() {
         let now = UnixSeconds(1_800_000_000);
@@ -510,13 +520,7 @@ mod tests {
         records[11].name = String::new();
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join(snapshot::FILE_NAME);
-        let tenants = records.iter().map(|r| r.tenant.clone()).collect();
-        let scopes = records.iter().flat_map(|r| r.scopes.clone()).collect();
-        let mut writer = TableWriter::create(&path, tenants, scopes).unwrap();
-        for record in &records {
-            writer.push(record).unwrap();
-        }
-        let bytes = writer.finish(7, now).unwrap();
+        let bytes = write_all(&path, &records, now).unwrap();
         let streamed = std::fs::read(&path).unwrap();
         assert_eq!(streamed.len() as u64, bytes);
         assert_eq!(streamed, snapshot::encode(&records, 7, now).unwrap());
@@ -567,13 +571,7 @@ mod tests {
         records.iter_mut().find(|r| r.id.0 == second).unwrap().hash = hash;
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join(snapshot::FILE_NAME);
-        let tenants = records.iter().map(|r| r.tenant.clone()).collect();
-        let scopes = records.iter().flat_map(|r| r.scopes.clone()).collect();
-        let mut writer = TableWriter::create(&path, tenants, scopes).unwrap();
-        for record in &records {
-            writer.push(record).unwrap();
-        }
-        match writer.finish(0, now) {
+        match write_all(&path, &records, now) {
             Err(SnapshotError::DuplicateFingerprint {
                 first: a,
                 second: b,
@@ -605,13 +603,7 @@ mod tests {
             .collect();
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join(snapshot::FILE_NAME);
-        let tenants = records.iter().map(|r| r.tenant.clone()).collect();
-        let scopes = records.iter().flat_map(|r| r.scopes.clone()).collect();
-        let mut writer = TableWriter::create(&path, tenants, scopes).unwrap();
-        for record in &records {
-            writer.push(record).unwrap();
-        }
-        writer.finish(0, now).unwrap();
+        write_all(&path, &records, now).unwrap();
         let opened = Snapshot::open(&path).unwrap();
         let stats = opened.stats();
         assert_eq!((stats.tenants, stats.scopes), (70_000, 5000));
