@@ -8,6 +8,7 @@
 //! | [`record`] | key records and their value types (time, status, address ranges) |
 //! | [`snapshot`] | the memory-mapped key table: build, write atomically, map, validate, look up |
 //! | [`table_writer`] | writing a key table in bounded memory, one record at a time |
+//! | [`table_stats`] | where a key table's bytes go, and how its hash tables probe |
 //! | [`verify`] | the verify decision, from credential and requirements to a status |
 //! | [`protocol`] | the verify protocol codec (docs/PROTOCOL.md) |
 //! | [`shard`] | one core's verify service: decode, answer, apply the control plane's changes |
@@ -43,6 +44,7 @@ pub mod record;
 pub mod server;
 pub mod shard;
 pub mod snapshot;
+pub mod table_stats;
 pub mod table_writer;
 pub mod throttle;
 pub mod token;
