@@ -20,6 +20,20 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// `keyward-ctl keys generate` of `count` keys into `data`, the key file at `keys`.
+fn generate_keys(data: &Path, keys: &Path, count: usize) -> Output {
+    ctl(&[
+        "keys",
+        "generate",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--count",
+        &count.to_string(),
+        "--out-keys",
+        keys.to_str().unwrap(),
+    ])
+}
+
 /// The server binary, built beside keyward-ctl by `cargo test --workspace`.
 fn server_binary() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_keyward-ctl")).with_file_name("keyward");
@@ -80,16 +94,7 @@ fn generate_serve_verify() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     let keys = root.path().join("keys.txt");
-    let output = ctl(&[
-        "keys",
-        "generate",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--count",
-        "200",
-        "--out-keys",
-        keys.to_str().unwrap(),
-    ]);
+    let output = generate_keys(&data, &keys, 200);
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("expected answers: valid 150"),
@@ -98,16 +103,7 @@ fn generate_serve_verify() {
     );
 
     // A second generate must not silently replace the keys.
-    let again = ctl(&[
-        "keys",
-        "generate",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--count",
-        "5",
-        "--out-keys",
-        keys.to_str().unwrap(),
-    ]);
+    let again = generate_keys(&data, &keys, 5);
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again).contains("--force"), "{}", text(&again));
 
@@ -367,16 +363,7 @@ fn table_stats_accounts_for_every_byte_and_every_key() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     let keys = root.path().join("keys.txt");
-    let generated = ctl(&[
-        "keys",
-        "generate",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--count",
-        "3000",
-        "--out-keys",
-        keys.to_str().unwrap(),
-    ]);
+    let generated = generate_keys(&data, &keys, 3000);
     assert!(generated.status.success(), "{}", text(&generated));
     let stats = ctl(&["table", "stats", data.to_str().unwrap(), "--json"]);
     assert!(stats.status.success(), "{}", text(&stats));
