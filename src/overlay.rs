@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::credential::{fingerprint, KeyId, SecretHash};
 use crate::delta::Delta;
 use crate::record::{self, KeyKind, KeyRecord, KeyStatus};
-use crate::snapshot::{ArchivedStoredRecord, Snapshot};
+use crate::snapshot::{ArchivedRecord, Snapshot};
 
 /// Records changed since the snapshot. Each entry points into the delta that last set it (the
 /// deltas are shared by every shard, so a record exists once in memory however many shards
@@ -114,7 +114,7 @@ pub enum Lookup<'t> {
 /// A record found by a lookup: in the mapped snapshot, or in the overlay.
 #[derive(Clone, Copy, Debug)]
 pub enum Found<'t> {
-    Mapped(&'t Snapshot, &'t ArchivedStoredRecord),
+    Mapped(&'t Snapshot, &'t ArchivedRecord),
     Owned(&'t KeyRecord),
 }
 
@@ -135,21 +135,21 @@ impl<'t> Found<'t> {
 
     pub fn kind(&self) -> u8 {
         match self {
-            Found::Mapped(_, r) => r.kind,
+            Found::Mapped(table, r) => table.kind(r),
             Found::Owned(r) => r.kind as u8,
         }
     }
 
     pub fn visibility(&self) -> u8 {
         match self {
-            Found::Mapped(_, r) => r.visibility,
+            Found::Mapped(table, r) => table.visibility(r),
             Found::Owned(r) => record::visibility_to_u8(r.visibility),
         }
     }
 
     pub fn is_active(&self) -> bool {
         match self {
-            Found::Mapped(_, r) => KeyStatus::from_u8(r.status) == Some(KeyStatus::Active),
+            Found::Mapped(table, r) => table.is_active(r),
             Found::Owned(r) => r.status == KeyStatus::Active,
         }
     }
@@ -157,34 +157,37 @@ impl<'t> Found<'t> {
     /// Unix seconds; 0 = never.
     pub fn expires(&self) -> u64 {
         match self {
-            Found::Mapped(_, r) => r.expires.to_native(),
+            Found::Mapped(table, r) => table.expires(r),
             Found::Owned(r) => r.expires.map_or(0, |e| e.0.max(1)),
         }
     }
 
     pub fn not_before(&self) -> u64 {
         match self {
-            Found::Mapped(_, r) => r.not_before.to_native(),
+            Found::Mapped(table, r) => table.not_before(r),
             Found::Owned(r) => r.not_before.0,
         }
     }
 
     pub fn tenant(&self) -> &'t str {
         match self {
-            Found::Mapped(table, r) => table.tenant_name(r.tenant.to_native()),
+            Found::Mapped(table, r) => table.tenant(r),
             Found::Owned(r) => &r.tenant,
         }
     }
 
     pub fn scopes(&self) -> Scopes<'t> {
         match self {
-            Found::Mapped(table, r) => Scopes::Mapped(table, r.scopes.iter()),
+            Found::Mapped(table, r) => Scopes::Mapped(table, table.scope_members(r).iter()),
             Found::Owned(r) => Scopes::Owned(r.scopes.iter()),
         }
     }
 
     pub fn has_scope(&self, scope: &[u8]) -> bool {
-        self.scopes().any(|s| s.as_bytes() == scope)
+        match self {
+            Found::Mapped(table, r) => table.has_scope(r, scope),
+            Found::Owned(r) => r.scopes.iter().any(|s| s.as_bytes() == scope),
+        }
     }
 
     /// Whether `address` passes the key's allowlist (an empty list allows any address, and a
@@ -192,10 +195,11 @@ impl<'t> Found<'t> {
     pub fn address_allowed(&self, address: Option<IpAddr>) -> bool {
         let mapped = address.map(record::to_mapped);
         match self {
-            Found::Mapped(_, r) => {
-                r.allow.is_empty()
+            Found::Mapped(table, r) => {
+                let allow = table.allowlist(r);
+                allow.is_empty()
                     || mapped.is_some_and(|a| {
-                        r.allow
+                        allow
                             .iter()
                             .any(|range| record::contains(&range.network, range.prefix_len, &a))
                     })

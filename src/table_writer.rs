@@ -1,17 +1,18 @@
-//! Writing a snapshot in bounded memory. Records are pushed one at a time, in id order, and
-//! spooled to a temporary file beside the output; at the end the two hash tables are built
-//! from the ids and imported fingerprints kept on the way (16 bytes a key), and the archive is
-//! serialized straight into the output file, reading the spool twice (rkyv writes what every
-//! record points to, then the records themselves), digesting it on the way.
-//! So memory is the slot tables (which are in the file too), the ids, and one small resolver
-//! per record, whatever the key count — where `snapshot::encode` holds every record several
-//! times over (measured: 5.9x the snapshot's size at 10 M keys).
+//! Writing a snapshot in bounded memory. Records are pushed one at a time, in id order: each
+//! becomes a 64-byte hot record, spooled to a temporary file beside the output, and a cold
+//! strings entry, kept in memory (names average a dozen bytes). Tenants, scope sets, allowlists
+//! and their combinations (policies) are interned as they come. At the end the two indexes are
+//! built from the ids and imported fingerprints kept on the way, and the archive is serialized
+//! straight into the output file, reading the spool once; the sections' digests are taken from
+//! the written file. So memory is the indexes, the strings, the ids and the interned
+//! dictionaries — all parts of the file, about a third of it — whatever the key count.
 //!
-//! The archive is the one `snapshot::encode` makes from the same records, byte for byte (a test
-//! checks it), so readers see no difference.
+//! [`encode`] runs the same writer with the records held in memory, for tests and small tables.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::{self, File};
+use std::hash::Hash;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -19,53 +20,112 @@ use std::rc::Rc;
 
 use rkyv::munge::munge;
 use rkyv::rancor::Fallible;
-use rkyv::ser::{Allocator, Writer};
+use rkyv::ser::{Allocator, Positional, Writer};
 use rkyv::string::ArchivedString;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Place, Serialize};
 
 use crate::credential::fingerprint;
-use crate::record::{KeyKind, KeyRecord, UnixSeconds};
+use crate::record::{visibility_to_u8, KeyKind, KeyRecord, KeyStatus, UnixSeconds};
 use crate::snapshot::{
-    build_slots, io_error, stored_record, sync_parent, ArchivedSlot, ArchivedStoredRecord,
-    ArchivedTableBody, Header, Slot, SnapshotError, StoredRange, StoredRecord, HEADER_BYTES,
-    RECORDS_MAX,
+    bucket_count, home, io_error, section_digests, sync_parent, ArchivedBucket, ArchivedPolicy,
+    ArchivedRecord, ArchivedScopeSet, ArchivedSpan, ArchivedStoredRange, ArchivedTableBody, Bucket,
+    Header, Policy, Record, ScopeSet, Slot, SnapshotError, Span, StoredRange, EMPTY, EMPTY_BUCKET,
+    FLAG_IMPORTED, FLAG_PUBLIC, FLAG_REVOKED, HEADER_BYTES, NAME_RESTART_RECORDS, RECORDS_MAX,
+    SECTIONS, TIME_WIDE,
 };
+
+/// Where the hot records wait for the end: a spool file, or memory ([`encode`]).
+enum Spool {
+    File { path: PathBuf, out: BufWriter<File> },
+    Memory(Vec<Record>),
+}
+
+/// Values interned in order of first use.
+struct Interner<K> {
+    index: HashMap<K, u32>,
+    values: Vec<K>,
+}
+
+impl<K: Hash + Eq + Clone> Interner<K> {
+    fn new() -> Interner<K> {
+        Interner {
+            index: HashMap::new(),
+            values: Vec::new(),
+        }
+    }
+
+    fn intern(&mut self, value: K) -> u32 {
+        if let Some(&at) = self.index.get(&value) {
+            return at;
+        }
+        let at = self.values.len() as u32;
+        self.index.insert(value.clone(), at);
+        self.values.push(value);
+        at
+    }
+}
 
 /// A snapshot being written: push every record in id order, then [`TableWriter::finish`].
 pub struct TableWriter {
     path: PathBuf,
-    spool_path: PathBuf,
-    spool: BufWriter<File>,
+    spool: Spool,
     tenants: Vec<String>,
     scopes: Vec<String>,
+    policies: Interner<Policy>,
+    scope_sets: Interner<Vec<u32>>,
+    allowlists: Interner<Vec<StoredRange>>,
+    strings: Vec<u8>,
+    /// The last record's name, which the next one's is front-coded against.
+    previous_name: String,
     ids: Vec<u64>,
-    /// Per record: its fingerprint when imported, else 0.
-    fingerprints: Vec<u64>,
+    /// (fingerprint, record index) of each imported key.
+    imported: Vec<(u64, u32)>,
 }
 
 impl TableWriter {
     /// Starts a snapshot at `path`, whose records name only these tenants and scopes.
     pub fn create(
         path: &Path,
+        tenants: Vec<String>,
+        scopes: Vec<String>,
+    ) -> Result<TableWriter, SnapshotError> {
+        let spool_path = sibling(path, "spool");
+        let spool = File::create(&spool_path).map_err(io_error(&spool_path))?;
+        Ok(TableWriter::with_spool(
+            path,
+            Spool::File {
+                path: spool_path,
+                out: BufWriter::with_capacity(1 << 20, spool),
+            },
+            tenants,
+            scopes,
+        ))
+    }
+
+    fn with_spool(
+        path: &Path,
+        spool: Spool,
         mut tenants: Vec<String>,
         mut scopes: Vec<String>,
-    ) -> Result<TableWriter, SnapshotError> {
+    ) -> TableWriter {
         tenants.sort();
         tenants.dedup();
         scopes.sort();
         scopes.dedup();
-        let spool_path = sibling(path, "spool");
-        let spool = File::create(&spool_path).map_err(io_error(&spool_path))?;
-        Ok(TableWriter {
+        TableWriter {
             path: path.to_path_buf(),
-            spool_path,
-            spool: BufWriter::new(spool),
+            spool,
             tenants,
             scopes,
+            policies: Interner::new(),
+            scope_sets: Interner::new(),
+            allowlists: Interner::new(),
+            strings: Vec::new(),
+            previous_name: String::new(),
             ids: Vec::new(),
-            fingerprints: Vec::new(),
-        })
+            imported: Vec::new(),
+        }
     }
 
     /// Adds the next record; its id must be above the previous one's.
@@ -90,73 +150,303 @@ impl TableWriter {
                 count: self.ids.len() + 1,
             });
         }
-        let known = |dictionary: &[String], name: &str| {
+        let index_of = |dictionary: &[String], name: &str| {
             dictionary
                 .binary_search_by(|entry| entry.as_str().cmp(name))
-                .is_ok()
+                .ok()
+                .map(|at| at as u32)
         };
-        if let Some(name) = std::iter::once(&record.tenant)
-            .filter(|t| !known(&self.tenants, t))
-            .chain(record.scopes.iter().filter(|s| !known(&self.scopes, s)))
-            .next()
-        {
-            return Err(SnapshotError::Serialize(format!(
+        let unknown = |name: &str| {
+            SnapshotError::Serialize(format!(
                 "record {} names `{name}`, which the writer was not given",
                 record.id.0
-            )));
+            ))
+        };
+        let tenant =
+            index_of(&self.tenants, &record.tenant).ok_or_else(|| unknown(&record.tenant))?;
+        let members = record
+            .scopes
+            .iter()
+            .map(|scope| index_of(&self.scopes, scope).ok_or_else(|| unknown(scope)))
+            .collect::<Result<Vec<u32>, _>>()?;
+        let ranges = record
+            .allow
+            .iter()
+            .map(|c| StoredRange {
+                network: c.network,
+                prefix_len: c.prefix_len,
+            })
+            .collect();
+        let mut flags = 0;
+        if record.status == KeyStatus::Revoked {
+            flags |= FLAG_REVOKED;
         }
-        let stored = stored_record(record, &self.tenants, &self.scopes);
-        spool_record(&mut self.spool, &stored).map_err(io_error(&self.spool_path))?;
+        if visibility_to_u8(record.visibility) == 1 {
+            flags |= FLAG_PUBLIC;
+        }
+        if record.kind == KeyKind::Imported {
+            flags |= FLAG_IMPORTED;
+        }
+        let policy = Policy {
+            tenant,
+            scope_set: self.scope_sets.intern(members),
+            allowlist: self.allowlists.intern(ranges),
+            flags,
+        };
+        let hot = Record {
+            id: record.id.0,
+            hash: record.hash,
+            policy: self.policies.intern(policy),
+            not_before: narrow(record.not_before.0),
+            expires: narrow(expires_of(record)),
+            created: narrow(record.created.0),
+            strings: self.strings.len() as u64,
+        };
+        self.push_strings(record, &hot);
+        let index = self.ids.len() as u32;
+        match &mut self.spool {
+            Spool::File { path, out } => out.write_all(&spooled(&hot)).map_err(io_error(path))?,
+            Spool::Memory(records) => records.push(hot),
+        }
         self.ids.push(record.id.0);
-        self.fingerprints.push(if record.kind == KeyKind::Imported {
-            fingerprint(&record.hash)
-        } else {
-            0
-        });
+        if record.kind == KeyKind::Imported {
+            self.imported.push((fingerprint(&record.hash), index));
+        }
         Ok(())
     }
 
-    /// Builds the hash tables, writes the file (atomically: a temporary file, fsync, rename,
-    /// fsync of the directory) and returns its size in bytes.
+    /// The record's cold entry: name (front-coded), idempotency key, and its exact times when a
+    /// hot field could not hold one.
+    fn push_strings(&mut self, record: &KeyRecord, hot: &Record) {
+        let shared = if self.ids.len() % NAME_RESTART_RECORDS == 0 {
+            0
+        } else {
+            shared_prefix(&self.previous_name, &record.name)
+        };
+        let suffix = &record.name.as_bytes()[shared..];
+        self.strings.push(shared as u8);
+        for bytes in [suffix, record.idempotency_key.as_bytes()] {
+            self.strings.push(bytes.len() as u8);
+            self.strings.extend_from_slice(bytes);
+        }
+        self.previous_name.clone_from(&record.name);
+        if [hot.created, hot.not_before, hot.expires].contains(&TIME_WIDE) {
+            for time in [record.created.0, record.not_before.0, expires_of(record)] {
+                self.strings.extend_from_slice(&time.to_le_bytes());
+            }
+        }
+    }
+
+    /// Builds the indexes, writes the file (atomically: a temporary file, fsync, rename, fsync
+    /// of the directory) and returns its size in bytes.
     pub fn finish(self, sequence: u64, created: UnixSeconds) -> Result<u64, SnapshotError> {
+        let path = self.path.clone();
+        let spool_path = match &self.spool {
+            Spool::File { path, .. } => Some(path.clone()),
+            Spool::Memory(_) => None,
+        };
+        let result = self.finish_to_file(&path, sequence, created);
+        if let Some(spool_path) = spool_path {
+            let _ = fs::remove_file(&spool_path);
+        }
+        result
+    }
+
+    fn finish_to_file(
+        self,
+        path: &Path,
+        sequence: u64,
+        created: UnixSeconds,
+    ) -> Result<u64, SnapshotError> {
+        let (parts, source) = self.into_parts()?;
+        let temporary = sibling(path, "tmp");
+        let result = (|| {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temporary)
+                .map_err(io_error(&temporary))?;
+            let mut out = BufWriter::with_capacity(1 << 20, &file);
+            out.write_all(&[0u8; HEADER_BYTES])
+                .map_err(io_error(&temporary))?;
+            let (out, ends) = parts.serialize(source, out, &temporary)?;
+            out.into_inner()
+                .map_err(|e| io_error(&temporary)(e.into_error()))?;
+            // SAFETY: the temporary file is this process's own until it is renamed.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(&temporary))?;
+            let body = &map[HEADER_BYTES..];
+            let header = parts.header(sequence, created, body, &ends);
+            drop(map);
+            file.write_all_at(&header.encode(), 0)
+                .map_err(io_error(&temporary))?;
+            file.sync_all().map_err(io_error(&temporary))?;
+            fs::rename(&temporary, path).map_err(io_error(path))?;
+            sync_parent(path)?;
+            Ok(HEADER_BYTES as u64 + header.body_bytes)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        result
+    }
+
+    /// The interned tables and indexes, and where the hot records are.
+    fn into_parts(self) -> Result<(Parts, RecordSource), SnapshotError> {
         let TableWriter {
-            path,
-            spool_path,
             spool,
             tenants,
             scopes,
+            policies,
+            scope_sets,
+            allowlists,
+            strings,
             ids,
-            fingerprints,
+            mut imported,
+            ..
         } = self;
-        let result = (|| {
-            spool
-                .into_inner()
-                .map_err(|e| e.into_error())
-                .and_then(|file| file.sync_all())
-                .map_err(io_error(&spool_path))?;
-            let count = ids.len();
-            let id_slots = build_slots(ids.iter().copied());
-            let fingerprint_slots = build_slots(fingerprints.iter().copied());
-            check_fingerprints(&fingerprint_slots, &fingerprints, &ids)?;
-            drop((ids, fingerprints));
-            let failure = Rc::new(RefCell::new(None));
-            let body = StreamedBody {
-                id_slots: &id_slots,
-                fingerprint_slots: &fingerprint_slots,
-                records: SpooledRecords {
-                    path: spool_path.clone(),
+        let count = ids.len();
+        let id_index = build_index(ids.iter().enumerate().map(|(i, &id)| (id, i as u32)), count);
+        imported.sort_unstable();
+        if let Some(pair) = imported.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            let (a, b) = (pair[0].1.min(pair[1].1), pair[0].1.max(pair[1].1));
+            return Err(SnapshotError::DuplicateFingerprint {
+                first: ids[a as usize],
+                second: ids[b as usize],
+            });
+        }
+        let fingerprint_index = build_index(imported.iter().copied(), imported.len());
+        drop((ids, imported));
+        let source = match spool {
+            Spool::File { path, out } => {
+                out.into_inner()
+                    .map_err(|e| io_error(&path)(e.into_error()))?;
+                RecordSource::File(SpooledRecords {
+                    path,
                     remaining: count,
                     reader: None,
-                    failure: failure.clone(),
-                },
-                scopes: &scopes,
-                tenants: &tenants,
-            };
-            write_file(&path, &body, &failure, sequence, count as u64, created)
-        })();
-        let _ = fs::remove_file(&spool_path);
-        result
+                    failure: Rc::new(RefCell::new(None)),
+                })
+            }
+            Spool::Memory(records) => RecordSource::Memory(records),
+        };
+        let mut members = Vec::new();
+        let sets = scope_sets
+            .values
+            .iter()
+            .map(|list| {
+                let set = ScopeSet {
+                    bitmap: list
+                        .iter()
+                        .filter(|&&m| m < 64)
+                        .fold(0u64, |bits, &m| bits | 1 << m),
+                    start: members.len() as u32,
+                    len: list.len() as u32,
+                };
+                members.extend_from_slice(list);
+                set
+            })
+            .collect();
+        let mut ranges = Vec::new();
+        let lists = allowlists
+            .values
+            .iter()
+            .map(|list| {
+                let span = Span {
+                    start: ranges.len() as u32,
+                    len: list.len() as u32,
+                };
+                ranges.extend_from_slice(list);
+                span
+            })
+            .collect();
+        Ok((
+            Parts {
+                record_count: count,
+                id_index,
+                fingerprint_index,
+                policies: policies.values,
+                scope_sets: sets,
+                scope_members: members,
+                allowlists: lists,
+                ranges,
+                tenants,
+                scopes,
+                strings,
+            },
+            source,
+        ))
     }
+}
+
+/// Serializes `records` into snapshot bytes (header + body) in memory, through the writer.
+pub fn encode(
+    records: &[KeyRecord],
+    sequence: u64,
+    created: UnixSeconds,
+) -> Result<Vec<u8>, SnapshotError> {
+    if records.len() > RECORDS_MAX {
+        return Err(SnapshotError::TooManyRecords {
+            count: records.len(),
+        });
+    }
+    let mut sorted: Vec<&KeyRecord> = records.iter().collect();
+    sorted.sort_by_key(|record| record.id);
+    let tenants = sorted.iter().map(|r| r.tenant.clone()).collect();
+    let scopes = sorted
+        .iter()
+        .flat_map(|r| r.scopes.iter().cloned())
+        .collect();
+    let mut writer =
+        TableWriter::with_spool(Path::new(""), Spool::Memory(Vec::new()), tenants, scopes);
+    for record in sorted {
+        writer.push(record)?;
+    }
+    let (parts, source) = writer.into_parts()?;
+    let (body, ends) = parts.serialize(source, Vec::new(), Path::new("memory"))?;
+    let header = parts.header(sequence, created, &body, &ends);
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
+    bytes.extend_from_slice(&header.encode());
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// How many leading bytes two names share (both at most 128 bytes, so it fits a u8).
+fn shared_prefix(previous: &str, name: &str) -> usize {
+    previous
+        .bytes()
+        .zip(name.bytes())
+        .take_while(|(a, b)| a == b)
+        .count()
+}
+
+/// Seconds as a hot record holds them: [`TIME_WIDE`] for what does not fit below it.
+fn narrow(seconds: u64) -> u32 {
+    u32::try_from(seconds).unwrap_or(TIME_WIDE)
+}
+
+/// The stored expiry: 0 for never (so an expiry at 0 is kept as 1).
+fn expires_of(record: &KeyRecord) -> u64 {
+    record.expires.map_or(0, |e| e.0.max(1))
+}
+
+/// An index over `(key, record)` pairs, `count` of them: each key in the first bucket with a
+/// free slot from its home on.
+fn build_index(keys: impl Iterator<Item = (u64, u32)>, count: usize) -> Vec<Bucket> {
+    let buckets = bucket_count(count);
+    let mut index = vec![EMPTY_BUCKET; buckets];
+    for (key, record) in keys {
+        let (mut at, tag) = home(key, buckets);
+        loop {
+            if let Some(slot) = index[at].slots.iter_mut().find(|s| s.record == EMPTY) {
+                *slot = Slot { tag, record };
+                break;
+            }
+            at = if at + 1 == buckets { 0 } else { at + 1 };
+        }
+    }
+    index
 }
 
 /// A path beside `path` for a temporary file of this process.
@@ -168,106 +458,78 @@ fn sibling(path: &Path, what: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
 }
 
-/// Two imported keys with one fingerprint cannot both be found: refused, naming their ids.
-fn check_fingerprints(
-    slots: &[Slot],
-    fingerprints: &[u64],
-    ids: &[u64],
-) -> Result<(), SnapshotError> {
-    let mask = slots.len() - 1;
-    for (index, &key) in fingerprints.iter().enumerate() {
-        if key == 0 {
-            continue;
-        }
-        let mut at = crate::snapshot::slot_hash(key) as usize & mask;
-        while slots[at].key != key {
-            at = (at + 1) & mask;
-        }
-        let first = slots[at].record as usize;
-        if first != index {
-            return Err(SnapshotError::DuplicateFingerprint {
-                first: ids[first],
-                second: ids[index],
-            });
-        }
-    }
-    Ok(())
+/// Everything of the body but the hot records.
+struct Parts {
+    record_count: usize,
+    id_index: Vec<Bucket>,
+    fingerprint_index: Vec<Bucket>,
+    policies: Vec<Policy>,
+    scope_sets: Vec<ScopeSet>,
+    scope_members: Vec<u32>,
+    allowlists: Vec<Span>,
+    ranges: Vec<StoredRange>,
+    tenants: Vec<String>,
+    scopes: Vec<String>,
+    strings: Vec<u8>,
 }
 
-/// Serializes `body` after a header-sized gap, digests what was written, then fills in the
-/// header and moves the file into place.
-fn write_file(
-    path: &Path,
-    body: &StreamedBody<'_>,
-    failure: &RefCell<Option<io::Error>>,
-    sequence: u64,
-    record_count: u64,
-    created: UnixSeconds,
-) -> Result<u64, SnapshotError> {
-    let temporary = sibling(path, "tmp");
-    let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temporary)
-            .map_err(io_error(&temporary))?;
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        out.write_all(&[0u8; HEADER_BYTES])
-            .map_err(io_error(&temporary))?;
-        // The body is digested as it is written: no second pass, and no mapping of the file.
-        let body_out = Digesting {
-            out,
-            hasher: blake3::Hasher::new(),
-            written: 0,
+impl Parts {
+    /// Serializes the body into `out`, returning it and the sections' end offsets.
+    fn serialize<W: Write>(
+        &self,
+        records: RecordSource,
+        out: W,
+        path: &Path,
+    ) -> Result<(W, [u64; SECTIONS.len()]), SnapshotError> {
+        let failure = match &records {
+            RecordSource::File(spooled) => Some(spooled.failure.clone()),
+            RecordSource::Memory(_) => None,
+        };
+        let body = StreamedBody {
+            parts: self,
+            records,
+            ends: RefCell::new([0; SECTIONS.len()]),
         };
         let writer = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
-            body,
-            rkyv::ser::writer::IoWriter::new(body_out),
+            &body,
+            rkyv::ser::writer::IoWriter::new(Counting { out, written: 0 }),
         )
         .map_err(|e| SnapshotError::Serialize(e.to_string()))?;
-        if let Some(error) = failure.borrow_mut().take() {
-            return Err(io_error(&temporary)(error));
+        if let Some(error) = failure.and_then(|f| f.borrow_mut().take()) {
+            return Err(io_error(path)(error));
         }
-        let Digesting {
-            mut out,
-            hasher,
-            written: body_bytes,
-        } = writer.into_inner();
-        out.flush().map_err(io_error(&temporary))?;
-        drop(out);
-        let body_digest = *hasher.finalize().as_bytes();
-        let header = Header {
-            sequence,
-            record_count,
-            body_bytes,
-            created,
-            body_digest,
-        };
-        file.write_all_at(&header.encode(), 0)
-            .map_err(io_error(&temporary))?;
-        file.sync_all().map_err(io_error(&temporary))?;
-        fs::rename(&temporary, path).map_err(io_error(path))?;
-        sync_parent(path)?;
-        Ok(HEADER_BYTES as u64 + body_bytes)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temporary);
+        let Counting { out, written } = writer.into_inner();
+        let mut ends = body.ends.into_inner();
+        ends[SECTIONS.len() - 1] = written;
+        Ok((out, ends))
     }
-    result
+
+    fn header(
+        &self,
+        sequence: u64,
+        created: UnixSeconds,
+        body: &[u8],
+        ends: &[u64; SECTIONS.len()],
+    ) -> Header {
+        Header {
+            sequence,
+            record_count: self.record_count as u64,
+            body_bytes: body.len() as u64,
+            created,
+            sections: section_digests(body, ends),
+        }
+    }
 }
 
-/// A writer that digests what goes through it (the body, for the header's BLAKE3).
-struct Digesting<W> {
+/// A writer that counts what goes through it.
+struct Counting<W> {
     out: W,
-    hasher: blake3::Hasher,
     written: u64,
 }
 
-impl<W: Write> Write for Digesting<W> {
+impl<W: Write> Write for Counting<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let n = self.out.write(bytes)?;
-        self.hasher.update(&bytes[..n]);
         self.written += n as u64;
         Ok(n)
     }
@@ -277,21 +539,26 @@ impl<W: Write> Write for Digesting<W> {
     }
 }
 
-/// The table body as `snapshot::TableBody` archives it, with its records read from the spool.
+/// The table body as `snapshot::TableBody` archives it, with the hot records read from their
+/// source, noting where each section ends.
 struct StreamedBody<'a> {
-    id_slots: &'a [Slot],
-    fingerprint_slots: &'a [Slot],
-    records: SpooledRecords,
-    scopes: &'a [String],
-    tenants: &'a [String],
+    parts: &'a Parts,
+    records: RecordSource,
+    ends: RefCell<[u64; SECTIONS.len()]>,
 }
 
 struct StreamedBodyResolver {
-    id_slots: VecResolver,
-    fingerprint_slots: VecResolver,
     records: VecResolver,
-    scopes: VecResolver,
+    id_index: VecResolver,
+    fingerprint_index: VecResolver,
+    policies: VecResolver,
+    scope_sets: VecResolver,
+    scope_members: VecResolver,
+    allowlists: VecResolver,
+    ranges: VecResolver,
     tenants: VecResolver,
+    scopes: VecResolver,
+    strings: VecResolver,
 }
 
 impl Archive for StreamedBody<'_> {
@@ -299,42 +566,94 @@ impl Archive for StreamedBody<'_> {
     type Resolver = StreamedBodyResolver;
 
     fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        munge!(let ArchivedTableBody { id_slots, fingerprint_slots, records, scopes, tenants } = out);
-        ArchivedVec::resolve_from_len(self.id_slots.len(), resolver.id_slots, id_slots);
+        munge!(let ArchivedTableBody {
+            records, id_index, fingerprint_index, policies, scope_sets, scope_members,
+            allowlists, ranges, tenants, scopes, strings,
+        } = out);
+        let parts = self.parts;
+        ArchivedVec::resolve_from_len(parts.record_count, resolver.records, records);
+        ArchivedVec::resolve_from_len(parts.id_index.len(), resolver.id_index, id_index);
         ArchivedVec::resolve_from_len(
-            self.fingerprint_slots.len(),
-            resolver.fingerprint_slots,
-            fingerprint_slots,
+            parts.fingerprint_index.len(),
+            resolver.fingerprint_index,
+            fingerprint_index,
         );
-        ArchivedVec::resolve_from_len(self.records.remaining, resolver.records, records);
-        ArchivedVec::resolve_from_len(self.scopes.len(), resolver.scopes, scopes);
-        ArchivedVec::resolve_from_len(self.tenants.len(), resolver.tenants, tenants);
+        ArchivedVec::resolve_from_len(parts.policies.len(), resolver.policies, policies);
+        ArchivedVec::resolve_from_len(parts.scope_sets.len(), resolver.scope_sets, scope_sets);
+        ArchivedVec::resolve_from_len(
+            parts.scope_members.len(),
+            resolver.scope_members,
+            scope_members,
+        );
+        ArchivedVec::resolve_from_len(parts.allowlists.len(), resolver.allowlists, allowlists);
+        ArchivedVec::resolve_from_len(parts.ranges.len(), resolver.ranges, ranges);
+        ArchivedVec::resolve_from_len(parts.tenants.len(), resolver.tenants, tenants);
+        ArchivedVec::resolve_from_len(parts.scopes.len(), resolver.scopes, scopes);
+        ArchivedVec::resolve_from_len(parts.strings.len(), resolver.strings, strings);
     }
 }
 
 impl<S> Serialize<S> for StreamedBody<'_>
 where
-    S: Fallible + Allocator + Writer + ?Sized,
-    Slot: Serialize<S, Archived = ArchivedSlot>,
-    StoredRecord: Serialize<S, Archived = ArchivedStoredRecord>,
+    S: Fallible + Allocator + Writer + Positional + ?Sized,
+    Record: Serialize<S, Archived = ArchivedRecord>,
+    Bucket: Serialize<S, Archived = ArchivedBucket>,
+    Policy: Serialize<S, Archived = ArchivedPolicy>,
+    ScopeSet: Serialize<S, Archived = ArchivedScopeSet>,
+    u32: Serialize<S, Archived = rkyv::rend::u32_le>,
+    Span: Serialize<S, Archived = ArchivedSpan>,
+    StoredRange: Serialize<S, Archived = ArchivedStoredRange>,
     String: Serialize<S, Archived = ArchivedString>,
+    u8: Serialize<S, Archived = u8>,
 {
     fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
         // In the order of `TableBody`'s fields, as its derived serializer writes them.
-        Ok(StreamedBodyResolver {
-            id_slots: ArchivedVec::<ArchivedSlot>::serialize_from_slice(self.id_slots, serializer)?,
-            fingerprint_slots: ArchivedVec::<ArchivedSlot>::serialize_from_slice(
-                self.fingerprint_slots,
-                serializer,
-            )?,
-            records: ArchivedVec::<ArchivedStoredRecord>::serialize_from_iter::<StoredRecord, _, _>(
-                self.records.clone(),
-                serializer,
-            )?,
-            scopes: ArchivedVec::<ArchivedString>::serialize_from_slice(self.scopes, serializer)?,
-            tenants: ArchivedVec::<ArchivedString>::serialize_from_slice(self.tenants, serializer)?,
-        })
+        let parts = self.parts;
+        let mut ends = self.ends.borrow_mut();
+        let records = match &self.records {
+            RecordSource::File(spooled) => ArchivedVec::<ArchivedRecord>::serialize_from_iter::<
+                Record,
+                _,
+                _,
+            >(spooled.clone(), serializer)?,
+            RecordSource::Memory(records) => {
+                ArchivedVec::<ArchivedRecord>::serialize_from_slice(records, serializer)?
+            }
+        };
+        ends[0] = serializer.pos() as u64;
+        let id_index =
+            ArchivedVec::<ArchivedBucket>::serialize_from_slice(&parts.id_index, serializer)?;
+        ends[1] = serializer.pos() as u64;
+        let fingerprint_index = ArchivedVec::<ArchivedBucket>::serialize_from_slice(
+            &parts.fingerprint_index,
+            serializer,
+        )?;
+        ends[2] = serializer.pos() as u64;
+        let resolver = StreamedBodyResolver {
+            records,
+            id_index,
+            fingerprint_index,
+            policies: ArchivedVec::serialize_from_slice(&parts.policies, serializer)?,
+            scope_sets: ArchivedVec::serialize_from_slice(&parts.scope_sets, serializer)?,
+            scope_members: ArchivedVec::serialize_from_slice(&parts.scope_members, serializer)?,
+            allowlists: ArchivedVec::serialize_from_slice(&parts.allowlists, serializer)?,
+            ranges: ArchivedVec::serialize_from_slice(&parts.ranges, serializer)?,
+            tenants: ArchivedVec::serialize_from_slice(&parts.tenants, serializer)?,
+            scopes: ArchivedVec::serialize_from_slice(&parts.scopes, serializer)?,
+            strings: {
+                ends[3] = serializer.pos() as u64;
+                ArchivedVec::serialize_from_slice(&parts.strings, serializer)?
+            },
+        };
+        ends[4] = serializer.pos() as u64;
+        Ok(resolver)
     }
+}
+
+/// Where the hot records come from when the body is serialized.
+enum RecordSource {
+    File(SpooledRecords),
+    Memory(Vec<Record>),
 }
 
 /// The spooled records, read from the start by every clone. A read error is kept in `failure`
@@ -358,9 +677,9 @@ impl Clone for SpooledRecords {
 }
 
 impl Iterator for SpooledRecords {
-    type Item = StoredRecord;
+    type Item = Record;
 
-    fn next(&mut self) -> Option<StoredRecord> {
+    fn next(&mut self) -> Option<Record> {
         if self.remaining == 0 {
             return None;
         }
@@ -369,11 +688,24 @@ impl Iterator for SpooledRecords {
             if self.reader.is_none() {
                 self.reader = Some(BufReader::with_capacity(1 << 20, File::open(&self.path)?));
             }
-            read_spooled(self.reader.as_mut().expect("opened"))
+            let mut bytes = [0u8; SPOOLED_BYTES];
+            self.reader
+                .as_mut()
+                .expect("opened")
+                .read_exact(&mut bytes)?;
+            Ok(unspooled(&bytes))
         })();
-        Some(read.unwrap_or_else(|error| {
+        Some(read.unwrap_or_else(|error: io::Error| {
             self.failure.borrow_mut().get_or_insert(error);
-            empty_record()
+            Record {
+                id: 0,
+                hash: [0; 32],
+                policy: 0,
+                not_before: 0,
+                expires: 0,
+                created: 0,
+                strings: 0,
+            }
         }))
     }
 
@@ -384,109 +716,33 @@ impl Iterator for SpooledRecords {
 
 impl ExactSizeIterator for SpooledRecords {}
 
-fn empty_record() -> StoredRecord {
-    StoredRecord {
-        id: 0,
-        hash: [0; 32],
-        tenant: 0,
-        name: String::new(),
-        scopes: Vec::new(),
-        created: 0,
-        not_before: 0,
-        expires: 0,
-        status: 0,
-        visibility: 0,
-        kind: 0,
-        allow: Vec::new(),
-        idempotency_key: String::new(),
-    }
+// The spool is private to one write: a hot record's fields, little-endian, in order.
+const SPOOLED_BYTES: usize = 64;
+
+fn spooled(record: &Record) -> [u8; SPOOLED_BYTES] {
+    let mut bytes = [0u8; SPOOLED_BYTES];
+    bytes[0..8].copy_from_slice(&record.id.to_le_bytes());
+    bytes[8..40].copy_from_slice(&record.hash);
+    bytes[40..44].copy_from_slice(&record.policy.to_le_bytes());
+    bytes[44..48].copy_from_slice(&record.not_before.to_le_bytes());
+    bytes[48..52].copy_from_slice(&record.expires.to_le_bytes());
+    bytes[52..56].copy_from_slice(&record.created.to_le_bytes());
+    bytes[56..64].copy_from_slice(&record.strings.to_le_bytes());
+    bytes
 }
 
-// The spool is private to one write: little-endian fields in `StoredRecord`'s order, strings
-// and lists prefixed with a u32 length.
-
-fn spool_record(out: &mut impl Write, record: &StoredRecord) -> io::Result<()> {
-    out.write_all(&record.id.to_le_bytes())?;
-    out.write_all(&record.hash)?;
-    out.write_all(&record.tenant.to_le_bytes())?;
-    spool_bytes(out, record.name.as_bytes())?;
-    out.write_all(&(record.scopes.len() as u32).to_le_bytes())?;
-    for scope in &record.scopes {
-        out.write_all(&scope.to_le_bytes())?;
+fn unspooled(bytes: &[u8; SPOOLED_BYTES]) -> Record {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    Record {
+        id: u64_at(0),
+        hash: bytes[8..40].try_into().unwrap(),
+        policy: u32_at(40),
+        not_before: u32_at(44),
+        expires: u32_at(48),
+        created: u32_at(52),
+        strings: u64_at(56),
     }
-    out.write_all(&record.created.to_le_bytes())?;
-    out.write_all(&record.not_before.to_le_bytes())?;
-    out.write_all(&record.expires.to_le_bytes())?;
-    out.write_all(&[record.status, record.visibility, record.kind])?;
-    out.write_all(&(record.allow.len() as u32).to_le_bytes())?;
-    for range in &record.allow {
-        out.write_all(&range.network)?;
-        out.write_all(&[range.prefix_len])?;
-    }
-    spool_bytes(out, record.idempotency_key.as_bytes())
-}
-
-fn spool_bytes(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
-    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
-    out.write_all(bytes)
-}
-
-fn read_spooled(input: &mut impl Read) -> io::Result<StoredRecord> {
-    fn array<const N: usize>(input: &mut impl Read) -> io::Result<[u8; N]> {
-        let mut bytes = [0u8; N];
-        input.read_exact(&mut bytes)?;
-        Ok(bytes)
-    }
-    fn u32_of(input: &mut impl Read) -> io::Result<u32> {
-        Ok(u32::from_le_bytes(array(input)?))
-    }
-    fn u64_of(input: &mut impl Read) -> io::Result<u64> {
-        Ok(u64::from_le_bytes(array(input)?))
-    }
-    fn text(input: &mut impl Read) -> io::Result<String> {
-        let mut bytes = vec![0u8; u32_of(input)? as usize];
-        input.read_exact(&mut bytes)?;
-        String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-    let id = u64_of(input)?;
-    let hash = array(input)?;
-    let tenant = u32_of(input)?;
-    let name = text(input)?;
-    let scope_count = u32_of(input)?;
-    let scopes = (0..scope_count)
-        .map(|_| u32_of(input))
-        .collect::<io::Result<_>>()?;
-    let created = u64_of(input)?;
-    let not_before = u64_of(input)?;
-    let expires = u64_of(input)?;
-    let [status, visibility, kind] = array(input)?;
-    let allow_count = u32_of(input)?;
-    let allow = (0..allow_count)
-        .map(|_| {
-            let network = array(input)?;
-            let [prefix_len] = array(input)?;
-            Ok(StoredRange {
-                network,
-                prefix_len,
-            })
-        })
-        .collect::<io::Result<_>>()?;
-    let idempotency_key = text(input)?;
-    Ok(StoredRecord {
-        id,
-        hash,
-        tenant,
-        name,
-        scopes,
-        created,
-        not_before,
-        expires,
-        status,
-        visibility,
-        kind,
-        allow,
-        idempotency_key,
-    })
 }
 
 #[cfg(test)]

@@ -41,8 +41,22 @@ fn corrupted_body_is_refused() {
             let at = b.len() / 2;
             b[at] ^= 0x40;
         }),
-        "body checksum mismatch",
+        "checksum mismatch (corrupted file",
     );
+}
+
+#[test]
+fn a_byte_flipped_in_any_section_is_refused_naming_the_section() {
+    for (index, name) in snapshot::SECTIONS.iter().enumerate() {
+        let result = damaged(|b| {
+            let header = snapshot::Header::decode(b, std::path::Path::new("x")).unwrap();
+            let range = header.section_range(index);
+            assert!(!range.is_empty(), "section {name} is empty");
+            let at = snapshot::HEADER_BYTES + range.start + range.len() / 2;
+            b[at] ^= 0x01;
+        });
+        assert_refused(result, &format!("section `{name}` checksum mismatch"));
+    }
 }
 
 #[test]
@@ -50,9 +64,9 @@ fn truncated_snapshot_is_refused() {
     assert_refused(damaged(|b| b.truncate(b.len() - 100)), "truncated");
     assert_refused(
         damaged(|b| b.truncate(40)),
-        "shorter than the 96-byte header",
+        "shorter than the 320-byte header",
     );
-    assert_refused(damaged(|b| b.clear()), "shorter than the 96-byte header");
+    assert_refused(damaged(|b| b.clear()), "shorter than the 320-byte header");
 }
 
 #[test]

@@ -191,16 +191,11 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         .records
         .last()
         .map_or(0, |r| r.id.to_native());
-    for record in snapshot
-        .body()
-        .records
-        .iter()
-        .filter(|r| !r.idempotency_key.is_empty())
-    {
-        idempotency.insert(
-            record.idempotency_key.as_str().to_string(),
-            KeyId(record.id.to_native()),
-        );
+    for record in snapshot.body().records.iter() {
+        let key = snapshot.idempotency_key(record);
+        if !key.is_empty() {
+            idempotency.insert(key.to_string(), KeyId(record.id.to_native()));
+        }
     }
     let mut committed = Vec::with_capacity(replayed.len());
     for delta in replayed.iter() {

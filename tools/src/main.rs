@@ -318,6 +318,12 @@ enum TableCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite an older-format snapshot in the current format, keeping every key, its sequence
+    /// and creation time (stop the server first). A current snapshot is left as it is.
+    Upgrade {
+        /// A snapshot file, or a data directory.
+        file: PathBuf,
+    },
     /// Fully validate a snapshot (exit 0: good, 1: refused, with the reason).
     Check {
         /// A snapshot file, or a data directory.
@@ -381,6 +387,7 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         }) => inspect(&file, records, json),
         Command::Table(TableCommand::Stats { file, json }) => table_stats(&file, json),
         Command::Table(TableCommand::Check { file }) => check(&file),
+        Command::Table(TableCommand::Upgrade { file }) => upgrade(&file),
         Command::Issue(args) => admin::issue(args),
         Command::Import(args) => admin::import(args),
         Command::Revoke(args) => admin::revoke(args),
@@ -472,9 +479,7 @@ fn prefixes(args: &PrefixArgs) -> Result<Prefixes, Failure> {
 /// is then older than the new snapshot, so a server never replays it over the new keys (even if
 /// it crashed before the log is cleared), and new changes continue the numbering.
 fn replaced_sequence(data_dir: &DataDir) -> Result<u64, Failure> {
-    let current = Snapshot::open(&data_dir.snapshot_path())
-        .map(|s| s.header().sequence)
-        .unwrap_or(0);
+    let current = existing_table(data_dir)?.map_or(0, |(_, sequence)| sequence);
     let log_path = data_dir.path().join(keyward::delta::FILE_NAME);
     if !log_path.exists() {
         return Ok(current);
@@ -483,10 +488,28 @@ fn replaced_sequence(data_dir: &DataDir) -> Result<u64, Failure> {
     Ok(replay.last_sequence.max(current))
 }
 
+/// The record count and sequence of the data directory's table, if it has one: in the current
+/// format or an older one. A table that cannot be read is an error, so that no command replaces
+/// keys it could not see.
+fn existing_table(data_dir: &DataDir) -> Result<Option<(u64, u64)>, Failure> {
+    let path = data_dir.snapshot_path();
+    if !path.exists() {
+        return Ok(None);
+    }
+    match Snapshot::open(&path) {
+        Ok(table) => Ok(Some((table.header().record_count, table.header().sequence))),
+        Err(snapshot::SnapshotError::OldVersion { .. }) => {
+            let old = snapshot::v1::TableV1::open(&path)?;
+            Ok(Some((old.header.record_count, old.header.sequence)))
+        }
+        Err(error) => Err(Failure::Error(format!(
+            "{error}; the table there cannot be read, so nothing was replaced (move the file away to start afresh)"
+        ))),
+    }
+}
+
 fn guard_existing(data_dir: &DataDir, force: bool) -> Result<(), Failure> {
-    let existing = Snapshot::open(&data_dir.snapshot_path())
-        .map(|s| s.header().record_count)
-        .unwrap_or(0);
+    let existing = existing_table(data_dir)?.map_or(0, |(records, _)| records);
     if existing > 0 && !force {
         return Err(Failure::Error(format!(
             "{} already holds {existing} keys; pass --force to replace them",
@@ -752,7 +775,7 @@ fn table_stats(file: &Path, as_json: bool) -> Result<(), Failure> {
         );
     }
     println!(
-        "id table: load factor {:.3}, mean probe {:.2} slots; fingerprint table: load factor {:.3}",
+        "id index: load factor {:.3}, mean probe {:.3} buckets (cache lines); fingerprint index: load factor {:.3}",
         stats.id_load_factor, stats.probe_length_mean, stats.fingerprint_load_factor
     );
     let histogram: Vec<String> = stats
@@ -765,10 +788,18 @@ fn table_stats(file: &Path, as_json: bool) -> Result<(), Failure> {
             format!("{}{}: {count}", index + 1, if last { "+" } else { "" })
         })
         .collect();
-    println!("probe lengths (slots read: keys): {}", histogram.join(", "));
     println!(
-        "interned: {} tenants, {} scopes",
-        stats.tenants, stats.scopes
+        "probe lengths (buckets read: keys): {}",
+        histogram.join(", ")
+    );
+    println!(
+        "interned: {} tenants, {} scopes, {} scope sets ({} answered by their bitmap alone), {} allowlists, {} policies",
+        stats.tenants,
+        stats.scopes,
+        stats.scope_sets,
+        stats.scope_sets_bitmap_only,
+        stats.allowlists,
+        stats.policies
     );
     Ok(())
 }
@@ -860,11 +891,56 @@ fn inspect(file: &Path, limit: usize, as_json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+fn upgrade(file: &Path) -> Result<(), Failure> {
+    // A data directory is locked against a running server; a lone file is the caller's.
+    let _lock = if file.is_dir() {
+        Some(DataDir::open_existing(file)?)
+    } else {
+        None
+    };
+    let path = snapshot_path(file);
+    match Snapshot::open(&path) {
+        Ok(current) => {
+            println!(
+                "{}: already format version {}; nothing to do",
+                path.display(),
+                snapshot::FORMAT_VERSION
+            );
+            drop(current);
+            return Ok(());
+        }
+        Err(snapshot::SnapshotError::OldVersion { .. }) => {}
+        Err(error) => return Err(Failure::No(error.to_string())),
+    }
+    let old = snapshot::v1::TableV1::open(&path).map_err(|e| Failure::No(e.to_string()))?;
+    let before = std::fs::metadata(old.path()).map_or(0, |m| m.len());
+    let mut table = TableWriter::create(&path, old.tenants(), old.scopes())?;
+    let mut count = 0u64;
+    for record in old.records() {
+        table.push(&record)?;
+        count += 1;
+    }
+    let bytes = table.finish(old.header.sequence, old.header.created)?;
+    drop(old);
+    // The new file is checked as the server will check it before it is called done.
+    Snapshot::open(&path).map_err(|e| Failure::No(e.to_string()))?;
+    println!(
+        "{}: upgraded {count} keys from format version {} to {} ({before} bytes before, {bytes} after)",
+        path.display(),
+        snapshot::v1::FORMAT_VERSION,
+        snapshot::FORMAT_VERSION
+    );
+    Ok(())
+}
+
 fn check(file: &Path) -> Result<(), Failure> {
     let path = snapshot_path(file);
     let snapshot = Snapshot::open(&path).map_err(|e| Failure::No(e.to_string()))?;
+    snapshot
+        .check_lookups()
+        .map_err(|e| Failure::No(format!("{}: {e}", path.display())))?;
     println!(
-        "ok: {} records, sequence {}, {} body bytes, checksums and invariants hold",
+        "ok: {} records, sequence {}, {} body bytes, checksums and invariants hold, every key is found",
         snapshot.header().record_count,
         snapshot.header().sequence,
         snapshot.header().body_bytes
