@@ -3,7 +3,7 @@
 # (`keyward-ctl table stats`), peak RSS and time of building it (`keyward-ctl keys generate`),
 # the time from starting `keyward serve` to its first answer with a warm and (as root) a cold
 # page cache, and, with CRITERION=1, criterion's in-process native verify on a table that size.
-#   benches/table_scale.sh [COUNT ...]        (default: 1000000; 10000000 needs ~15 GB today)
+#   benches/table_scale.sh [COUNT ...]        (default: 1000000; 100000000 needs ~4 GB of memory and ~9 GB of disk)
 # Not for CI: 10 M keys take minutes. Files stay in $OUT (default target/table-scale).
 set -euo pipefail
 cd "$(dirname "$0")/.."

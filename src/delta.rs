@@ -191,6 +191,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Decodes one record in the form [`put_record`] writes; every byte must belong to it.
+pub fn decode_record(bytes: &[u8]) -> Result<KeyRecord, DecodeError> {
+    let mut reader = Reader { bytes };
+    let record = read_record(&mut reader)?;
+    match reader.bytes.len() {
+        0 => Ok(record),
+        extra => Err(DecodeError::Trailing(extra)),
+    }
+}
+
 fn read_record(reader: &mut Reader<'_>) -> Result<KeyRecord, DecodeError> {
     let id = KeyId(reader.u64()?);
     let kind = KeyKind::from_u8(reader.u8()?).ok_or(DecodeError::Field("kind"))?;

@@ -7,6 +7,7 @@
 //! | [`credential`] | the key format: prefix, base32 body, checksum; parsing; keyed hashing |
 //! | [`record`] | key records and their value types (time, status, address ranges) |
 //! | [`snapshot`] | the memory-mapped key table: build, write atomically, map, validate, look up |
+//! | [`record_sort`] | sorting key records by id in bounded memory (runs on disk, merged) |
 //! | [`table_writer`] | writing a key table in bounded memory, one record at a time |
 //! | [`table_stats`] | where a key table's bytes go, and how its hash tables probe |
 //! | [`verify`] | the verify decision, from credential and requirements to a status |
@@ -41,6 +42,7 @@ pub mod link;
 pub mod overlay;
 pub mod protocol;
 pub mod record;
+pub mod record_sort;
 pub mod server;
 pub mod shard;
 pub mod snapshot;

@@ -3,8 +3,8 @@
 //! strings entry, kept in memory (names average a dozen bytes). Tenants, scope sets, allowlists
 //! and their combinations (policies) are interned as they come. At the end the two indexes are
 //! built from the ids and imported fingerprints kept on the way, and the archive is serialized
-//! straight into the output file, reading the spool once; the sections' digests are taken from
-//! the written file. So memory is the indexes, the strings, the ids and the interned
+//! straight into the output file, reading the spool once and digesting each section as it goes
+//! out. So memory is the indexes, the strings, the ids and the interned
 //! dictionaries — all parts of the file, about a third of it — whatever the key count.
 //!
 //! [`encode`] runs the same writer with the records held in memory, for tests and small tables.
@@ -28,9 +28,9 @@ use rkyv::{Archive, Place, Serialize};
 use crate::credential::fingerprint;
 use crate::record::{visibility_to_u8, KeyKind, KeyRecord, KeyStatus, UnixSeconds};
 use crate::snapshot::{
-    bucket_count, home, io_error, section_digests, sync_parent, ArchivedBucket, ArchivedPolicy,
-    ArchivedRecord, ArchivedScopeSet, ArchivedSpan, ArchivedStoredRange, ArchivedTableBody, Bucket,
-    Header, Policy, Record, ScopeSet, Slot, SnapshotError, Span, StoredRange, EMPTY, EMPTY_BUCKET,
+    bucket_count, home, io_error, sync_parent, ArchivedBucket, ArchivedPolicy, ArchivedRecord,
+    ArchivedScopeSet, ArchivedSpan, ArchivedStoredRange, ArchivedTableBody, Bucket, Header, Policy,
+    Record, ScopeSet, Section, Slot, SnapshotError, Span, StoredRange, EMPTY, EMPTY_BUCKET,
     FLAG_IMPORTED, FLAG_PUBLIC, FLAG_REVOKED, HEADER_BYTES, NAME_RESTART_RECORDS, RECORDS_MAX,
     SECTIONS, TIME_WIDE,
 };
@@ -262,7 +262,6 @@ impl TableWriter {
         let temporary = sibling(path, "tmp");
         let result = (|| {
             let file = fs::OpenOptions::new()
-                .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
@@ -271,14 +270,10 @@ impl TableWriter {
             let mut out = BufWriter::with_capacity(1 << 20, &file);
             out.write_all(&[0u8; HEADER_BYTES])
                 .map_err(io_error(&temporary))?;
-            let (out, ends) = parts.serialize(source, out, &temporary)?;
+            let (out, sections) = parts.serialize(source, out, &temporary)?;
             out.into_inner()
                 .map_err(|e| io_error(&temporary)(e.into_error()))?;
-            // SAFETY: the temporary file is this process's own until it is renamed.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(&temporary))?;
-            let body = &map[HEADER_BYTES..];
-            let header = parts.header(sequence, created, body, &ends);
-            drop(map);
+            let header = parts.header(sequence, created, sections);
             file.write_all_at(&header.encode(), 0)
                 .map_err(io_error(&temporary))?;
             file.sync_all().map_err(io_error(&temporary))?;
@@ -404,8 +399,8 @@ pub fn encode(
         writer.push(record)?;
     }
     let (parts, source) = writer.into_parts()?;
-    let (body, ends) = parts.serialize(source, Vec::new(), Path::new("memory"))?;
-    let header = parts.header(sequence, created, &body, &ends);
+    let (body, sections) = parts.serialize(source, Vec::new(), Path::new("memory"))?;
+    let header = parts.header(sequence, created, sections);
     let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
     bytes.extend_from_slice(&header.encode());
     bytes.extend_from_slice(&body);
@@ -474,63 +469,93 @@ struct Parts {
 }
 
 impl Parts {
-    /// Serializes the body into `out`, returning it and the sections' end offsets.
+    /// Serializes the body into `out`, returning it and each section's end and digest.
     fn serialize<W: Write>(
         &self,
         records: RecordSource,
         out: W,
         path: &Path,
-    ) -> Result<(W, [u64; SECTIONS.len()]), SnapshotError> {
+    ) -> Result<(W, [Section; SECTIONS.len()]), SnapshotError> {
         let failure = match &records {
             RecordSource::File(spooled) => Some(spooled.failure.clone()),
             RecordSource::Memory(_) => None,
         };
+        let digests = Rc::new(RefCell::new(SectionDigests::default()));
         let body = StreamedBody {
             parts: self,
             records,
-            ends: RefCell::new([0; SECTIONS.len()]),
+            digests: digests.clone(),
         };
         let writer = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
             &body,
-            rkyv::ser::writer::IoWriter::new(Counting { out, written: 0 }),
+            rkyv::ser::writer::IoWriter::new(Digesting {
+                out,
+                digests: digests.clone(),
+            }),
         )
         .map_err(|e| SnapshotError::Serialize(e.to_string()))?;
         if let Some(error) = failure.and_then(|f| f.borrow_mut().take()) {
             return Err(io_error(path)(error));
         }
-        let Counting { out, written } = writer.into_inner();
-        let mut ends = body.ends.into_inner();
-        ends[SECTIONS.len() - 1] = written;
-        Ok((out, ends))
+        let Digesting { out, .. } = writer.into_inner();
+        let mut digests = digests.borrow_mut();
+        let end = digests.written;
+        digests.cut(end);
+        let sections = digests.sections[..]
+            .try_into()
+            .expect("one digest per section");
+        Ok((out, sections))
     }
 
     fn header(
         &self,
         sequence: u64,
         created: UnixSeconds,
-        body: &[u8],
-        ends: &[u64; SECTIONS.len()],
+        sections: [Section; SECTIONS.len()],
     ) -> Header {
         Header {
             sequence,
             record_count: self.record_count as u64,
-            body_bytes: body.len() as u64,
+            body_bytes: sections[SECTIONS.len() - 1].end,
             created,
-            sections: section_digests(body, ends),
+            sections,
         }
     }
 }
 
-/// A writer that counts what goes through it.
-struct Counting<W> {
-    out: W,
+/// The digest of the section being written and those of the sections before it.
+#[derive(Default)]
+struct SectionDigests {
+    hasher: blake3::Hasher,
     written: u64,
+    sections: Vec<Section>,
 }
 
-impl<W: Write> Write for Counting<W> {
+impl SectionDigests {
+    /// Ends the current section at `end`, which must be all that was written.
+    fn cut(&mut self, end: u64) {
+        assert_eq!(end, self.written, "the serializer writes straight through");
+        self.sections.push(Section {
+            end,
+            digest: *self.hasher.finalize().as_bytes(),
+        });
+        self.hasher.reset();
+    }
+}
+
+/// A writer that digests what goes through it, section by section: the body is hashed as it
+/// is written, with no second pass over the file.
+struct Digesting<W> {
+    out: W,
+    digests: Rc<RefCell<SectionDigests>>,
+}
+
+impl<W: Write> Write for Digesting<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let n = self.out.write(bytes)?;
-        self.written += n as u64;
+        let mut digests = self.digests.borrow_mut();
+        digests.hasher.update(&bytes[..n]);
+        digests.written += n as u64;
         Ok(n)
     }
 
@@ -544,7 +569,7 @@ impl<W: Write> Write for Counting<W> {
 struct StreamedBody<'a> {
     parts: &'a Parts,
     records: RecordSource,
-    ends: RefCell<[u64; SECTIONS.len()]>,
+    digests: Rc<RefCell<SectionDigests>>,
 }
 
 struct StreamedBodyResolver {
@@ -609,7 +634,7 @@ where
     fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
         // In the order of `TableBody`'s fields, as its derived serializer writes them.
         let parts = self.parts;
-        let mut ends = self.ends.borrow_mut();
+        let cut = |serializer: &mut S| self.digests.borrow_mut().cut(serializer.pos() as u64);
         let records = match &self.records {
             RecordSource::File(spooled) => ArchivedVec::<ArchivedRecord>::serialize_from_iter::<
                 Record,
@@ -620,15 +645,15 @@ where
                 ArchivedVec::<ArchivedRecord>::serialize_from_slice(records, serializer)?
             }
         };
-        ends[0] = serializer.pos() as u64;
+        cut(serializer);
         let id_index =
             ArchivedVec::<ArchivedBucket>::serialize_from_slice(&parts.id_index, serializer)?;
-        ends[1] = serializer.pos() as u64;
+        cut(serializer);
         let fingerprint_index = ArchivedVec::<ArchivedBucket>::serialize_from_slice(
             &parts.fingerprint_index,
             serializer,
         )?;
-        ends[2] = serializer.pos() as u64;
+        cut(serializer);
         let resolver = StreamedBodyResolver {
             records,
             id_index,
@@ -641,11 +666,11 @@ where
             tenants: ArchivedVec::serialize_from_slice(&parts.tenants, serializer)?,
             scopes: ArchivedVec::serialize_from_slice(&parts.scopes, serializer)?,
             strings: {
-                ends[3] = serializer.pos() as u64;
+                cut(serializer);
                 ArchivedVec::serialize_from_slice(&parts.strings, serializer)?
             },
         };
-        ends[4] = serializer.pos() as u64;
+        cut(serializer);
         Ok(resolver)
     }
 }

@@ -398,21 +398,6 @@ pub(crate) fn body_digest(body: &[u8]) -> [u8; 32] {
         .as_bytes()
 }
 
-/// The digests of a body's sections, ends as given.
-pub(crate) fn section_digests(
-    body: &[u8],
-    ends: &[u64; SECTIONS.len()],
-) -> [Section; SECTIONS.len()] {
-    let mut sections = [Section::default(); SECTIONS.len()];
-    let mut start = 0usize;
-    for (section, &end) in sections.iter_mut().zip(ends) {
-        section.end = end;
-        section.digest = body_digest(&body[start..end as usize]);
-        start = end as usize;
-    }
-    sections
-}
-
 /// Serializes records into snapshot bytes (header + body), in memory: for tests, benchmarks and
 /// small tables. Files are written with [`crate::table_writer::TableWriter`], which this uses.
 pub fn encode(

@@ -18,6 +18,7 @@ use keyward::endpoint::Endpoint;
 use keyward::keyset;
 use keyward::protocol::{Status, VerifyRequest};
 use keyward::record::{Cidr, KeyKind, KeyRecord, KeyStatus, UnixSeconds};
+use keyward::record_sort::RecordSort;
 use keyward::snapshot::{self, Snapshot};
 use keyward::table_writer::TableWriter;
 
@@ -639,9 +640,14 @@ fn build(
     guard_existing(&data_dir, force)?;
     let hasher = Hasher::new(data_dir.pepper());
     let now = UnixSeconds::now();
-    let mut records = Vec::new();
-    let mut imported_without_id = Vec::new();
-    let mut lines = Vec::new();
+    // Bounded memory at any input size: records are sorted by id in runs on disk beside the
+    // table (record_sort.rs); imported keys without an id wait in their own sort, in input
+    // order, for the ids above every other.
+    let mut sorted = RecordSort::new(data_dir.path());
+    let mut without_id = RecordSort::new(data_dir.path());
+    let mut without_id_count = 0u64;
+    let mut max_id = 0u64;
+    let mut count = 0u64;
     for (number, line) in BufReader::new(input).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -696,37 +702,40 @@ fn build(
                 }
                 record.kind = KeyKind::Imported;
                 record.hash = hasher.imported(parsed.credential.as_bytes());
-                if parsed.id.is_none() {
-                    imported_without_id.push(records.len());
-                }
             }
         }
-        records.push(record);
-        lines.push(number + 1);
+        let needs_id = parsed.id.is_none() && record.kind == KeyKind::Imported;
+        if needs_id {
+            // A placeholder that keeps input order; the real id is given after the last line.
+            without_id_count += 1;
+            record.id = KeyId(without_id_count);
+        }
+        record.validate().map_err(|e| at(e.to_string()))?;
+        count += 1;
+        if needs_id {
+            without_id.push(record)?;
+        } else {
+            max_id = max_id.max(record.id.0);
+            sorted.push(record)?;
+        }
     }
-    let first_free = records.iter().map(|r| r.id.0).max().unwrap_or(0) + 1;
-    for (id, index) in (first_free..).zip(imported_without_id) {
-        records[index].id = KeyId(id);
-    }
-    for (record, line) in records.iter().zip(&lines) {
-        record
-            .validate()
-            .map_err(|e| Failure::Error(format!("{}:{line}: {e}", from.display())))?;
-    }
-    records.sort_by_key(|record| record.id);
-    let tenants = records.iter().map(|r| r.tenant.clone()).collect();
-    let scopes = records
-        .iter()
-        .flat_map(|r| r.scopes.iter().cloned())
-        .collect();
+    let (mut tenants, mut scopes) = sorted.names();
+    let (more_tenants, more_scopes) = without_id.names();
+    tenants.extend(more_tenants);
+    scopes.extend(more_scopes);
     let mut table = TableWriter::create(&data_dir.snapshot_path(), tenants, scopes)?;
-    for record in &records {
-        table.push(record)?;
+    let mut sorted = sorted.finish()?;
+    while let Some(record) = sorted.next_record()? {
+        table.push(&record)?;
+    }
+    let mut without_id = without_id.finish()?;
+    while let Some(mut record) = without_id.next_record()? {
+        record.id = KeyId(max_id + record.id.0);
+        table.push(&record)?;
     }
     let bytes = table.finish(replaced_sequence(&data_dir)?, now)?;
     println!(
-        "wrote {} keys to {} ({bytes} bytes)",
-        records.len(),
+        "wrote {count} keys to {} ({bytes} bytes)",
         data_dir.snapshot_path().display(),
     );
     Ok(())
