@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The key table at scale: for each key count, the snapshot's bytes per key by section
-# (`keyward-ctl table stats`), peak RSS and time of building it (`keyward-ctl keys generate`),
-# the time from starting `keyward serve` to its first answer with a warm and (as root) a cold
-# page cache, and, with CRITERION=1, criterion's in-process native verify on a table that size.
+# (`keyward-ctl table stats`), peak RSS and time of building it (`keyward-ctl keys generate`,
+# then `keyward-ctl table build` from the same credentials in reverse id order, read from a
+# pipe), the time from starting `keyward serve` to its first answer with a warm and (as root) a
+# cold page cache, and, with CRITERION=1, criterion's in-process native verify on a table that
+# size.
 #   benches/table_scale.sh [COUNT ...]        (default: 1000000; 100000000 needs ~4 GB of memory and ~9 GB of disk)
 # Not for CI: 10 M keys take minutes. Files stay in $OUT (default target/table-scale).
 set -euo pipefail
@@ -63,6 +65,15 @@ for count in "${COUNTS[@]}"; do
   else
     echo "first answer, cold page cache: not measured (needs root to drop the page cache)"
   fi
+  # table build: unsorted input (reverse id order), sorted in runs on disk.
+  grep -v '^#' "$dir/keys.txt" | cut -f1 | tac | awk '{print "{\"credential\":\"" $1 "\",\"name\":\"built " NR "\"}"}' \
+    | /usr/bin/time -v "$BIN/keyward-ctl" table build --data-dir "$dir/built" --from /dev/stdin >/dev/null 2>"$dir/build.time"
+  rss_kib=$(awk -F: '/Maximum resident/ {gsub(/ /, "", $2); print $2}' "$dir/build.time")
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$dir/build.time")
+  built_bytes=$(stat -c %s "$dir/built/snapshot.kws")
+  python3 -c 'import sys; r, s = int(sys.argv[1]) * 1024, int(sys.argv[2]); print(f"table build (reverse order): {sys.argv[3]} wall, peak RSS {r / 1e6:,.0f} MB = {r / s:.2f} x the snapshot ({s / 1e6:,.0f} MB)")' \
+    "$rss_kib" "$built_bytes" "$wall"
+  rm -rf "$dir/built"
   if [ "${CRITERION:-0}" = 1 ]; then
     KEYWARD_BENCH_KEYS=$count taskset -c "$SERVER_CPU" cargo bench --quiet --bench hot_path -- \
       "verify_1m/native_valid|table_1m/lookup_hit" --warm-up-time 1 --measurement-time 3 2>/dev/null \

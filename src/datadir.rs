@@ -7,7 +7,7 @@
 //!   pepper             32 random bytes, mode 0600: the key of every stored secret hash
 //!   master.key         32 random bytes, mode 0600: root of derived-token keys
 //!   admin.token        "kwadmin_" + 64 hex digits + "\n", mode 0600: control-port credential
-//!   snapshot.kws       the key table (see snapshot.rs)
+//!   snapshot.kws       the key table (see snapshot/mod.rs)
 //!   deltas.log         changes since the snapshot (see delta.rs)
 //!   init.tmp/          only while a new directory is being initialised (see below)
 //! ```

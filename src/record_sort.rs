@@ -18,9 +18,15 @@ pub const RUN_BYTES_MAX: usize = 64 << 20;
 /// Most runs one sort writes: with 64 MiB runs, 256 GiB of encoded records.
 pub const RUNS_MAX: usize = 4096;
 
+/// Numbers the sorts of this process, so that two sorting in one directory never share a run
+/// file.
+static SORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Records being sorted: [`RecordSort::push`] each, then [`RecordSort::finish`].
 pub struct RecordSort {
     directory: PathBuf,
+    /// This sort's number among the process's sorts: part of its run files' names.
+    sort: u64,
     /// The run being gathered: encoded records back to back, and (id, offset, length) of each.
     run: Vec<u8>,
     run_index: Vec<(u64, u32, u32)>,
@@ -34,6 +40,7 @@ impl RecordSort {
     pub fn new(directory: &Path) -> RecordSort {
         RecordSort {
             directory: directory.to_path_buf(),
+            sort: SORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             run: Vec::new(),
             run_index: Vec::new(),
             runs: Vec::new(),
@@ -78,7 +85,8 @@ impl RecordSort {
         // Stable: records with one id keep the order they came in.
         self.run_index.sort_by_key(|&(id, _, _)| id);
         let path = self.directory.join(format!(
-            ".snapshot.kws.run{}-{}",
+            ".snapshot.kws.sort{}-run{}-{}",
+            self.sort,
             self.runs.len(),
             std::process::id()
         ));
@@ -218,12 +226,25 @@ mod tests {
         }
         let directory = tempfile::tempdir().unwrap();
         let mut sort = RecordSort::new(directory.path());
+        // A second sort with runs in the same directory (table build keeps imported keys
+        // without an id in one): its runs must not replace the first one's.
+        let mut other = RecordSort::new(directory.path());
         for (count, record) in shuffled.into_iter().enumerate() {
+            other
+                .push(KeyRecord {
+                    id: crate::credential::KeyId(count as u64 + 1),
+                    ..record.clone()
+                })
+                .unwrap();
             sort.push(record).unwrap();
             if count % 3000 == 2999 {
-                sort.write_run().unwrap(); // many small runs, as a large input would make
+                // many small runs, as a large input would make
+                sort.write_run().unwrap();
+                other.write_run().unwrap();
             }
         }
+        let mut other = other.finish().unwrap();
+        assert_eq!(other.next_record().unwrap().unwrap().id.0, 1);
         let mut sorted = sort.finish().unwrap();
         let mut expected = set.records.clone();
         expected.sort_by_key(|r| r.id);
@@ -232,7 +253,7 @@ mod tests {
             out.push(record);
         }
         assert_eq!(out, expected);
-        drop(sorted);
+        drop((sorted, other));
         assert_eq!(fs::read_dir(directory.path()).unwrap().count(), 0);
     }
 }
