@@ -57,6 +57,10 @@ const _: () = assert!(NATIVE_BYTES_MAX <= IMPORTED_BYTES_MAX);
 pub const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// Marks bytes outside the alphabet in [`DECODE`].
 pub(crate) const INVALID: u8 = 0xff;
+const _: () = assert!(
+    INVALID & 0x80 != 0,
+    "base32_decode tests bit 7 for an invalid character"
+);
 /// Byte → 5-bit value of the alphabet, or [`INVALID`].
 pub(crate) const DECODE: [u8; 256] = {
     let mut table = [INVALID; 256];
@@ -339,18 +343,22 @@ fn base32_encode(bytes: &[u8; PAYLOAD_BYTES], out: &mut String) {
 
 fn base32_decode(text: &[u8], out: &mut [u8; PAYLOAD_BYTES]) -> Result<(), CredentialError> {
     debug_assert_eq!(text.len(), BODY_CHARS);
+    // No branch per character: the values' bits are OR-ed together and checked once at the end
+    // (INVALID has bit 7 set, every alphabet value is below 32). On the verify path.
+    let mut seen = 0u8;
     for (group, chars) in out.chunks_exact_mut(5).zip(text.chunks_exact(8)) {
         let mut word = 0u64;
         for &c in chars {
             let value = DECODE[c as usize];
-            if value == INVALID {
-                return Err(CredentialError::Alphabet);
-            }
-            word = (word << 5) | u64::from(value);
+            seen |= value;
+            word = (word << 5) | u64::from(value & 31);
         }
         for (i, b) in group.iter_mut().enumerate() {
             *b = (word >> (32 - i * 8)) as u8;
         }
+    }
+    if seen & 0x80 != 0 {
+        return Err(CredentialError::Alphabet);
     }
     Ok(())
 }
