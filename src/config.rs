@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub listen: Endpoint,
     /// Control port address (admin operations).
     pub control: SocketAddr,
+    /// Metrics listener (`/metrics`, `/healthz`, `/readyz`): `HOST:PORT`, or empty for none.
+    pub metrics_listen: String,
     /// Number of shards; 0 means one per available CPU.
     pub shards: usize,
     /// CPUs to pin shards to, in order; empty means the CPUs this process may run on.
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./keyward-data"),
             listen: Endpoint::Tcp("127.0.0.1:7500".parse().unwrap()),
             control: "127.0.0.1:7501".parse().unwrap(),
+            metrics_listen: "127.0.0.1:7502".into(),
             shards: 0,
             cpus: Vec::new(),
             connections_per_shard_max: 4096,
@@ -147,7 +150,21 @@ impl ServerConfig {
     }
 
     /// Checks every field's range; the server runs only a validated config.
+    /// The metrics listener's address; `None` when it is off (an empty `metrics_listen`).
+    pub fn metrics_address(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let text = self.metrics_listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| ConfigError::Range {
+            field: "metrics_listen",
+            expected: "HOST:PORT (e.g. 127.0.0.1:7502), or empty for no metrics listener".into(),
+            value: format!("{text:?}"),
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.metrics_address()?;
         fn range<T: std::fmt::Display + PartialOrd>(
             field: &'static str,
             value: T,

@@ -23,6 +23,7 @@
 //! | [`control`] | the control plane: control port, key commands, group commit, compaction |
 //! | [`link`] | the link between the planes: messages, queues, doorbells; the shutdown flag |
 //! | [`delta`] | the delta log: records, replay, torn tails and corruption |
+//! | [`metrics`] | shard-local counters, the board they are published to, the Prometheus exposition and the `/metrics` `/healthz` `/readyz` listener |
 //! | [`overlay`] | a shard's view of the changes since its snapshot |
 //! | [`token`] | derived capability tokens: format, MAC chain, attenuation |
 //! | [`admin`] | the control protocol's messages and a blocking admin client |
@@ -39,6 +40,7 @@ pub mod delta;
 pub mod endpoint;
 pub mod keyset;
 pub mod link;
+pub mod metrics;
 pub mod overlay;
 pub mod protocol;
 pub mod record;

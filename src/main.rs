@@ -39,6 +39,10 @@ struct ServeArgs {
     /// Control port address, for admin operations (keep it on loopback) [default: 127.0.0.1:7501]
     #[arg(long, value_name = "ADDR")]
     control: Option<SocketAddr>,
+    /// Metrics listener (GET /metrics, /healthz, /readyz): HOST:PORT, or "" for none
+    /// [default: 127.0.0.1:7502]
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Number of shards (one pinned thread each) [default: one per available CPU]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -121,6 +125,7 @@ impl ServeArgs {
             data_dir,
             listen,
             control,
+            metrics_listen,
             shards,
             cpus,
             connections_per_shard_max,
@@ -203,6 +208,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             ready.control_address,
             data_dir.join(keyward::datadir::ADMIN_TOKEN_FILE).display()
         );
+        if let Some(address) = ready.metrics_address {
+            let _ = writeln!(
+                out,
+                "keyward: metrics listening on {address} (http://{address}/metrics, /healthz, /readyz)"
+            );
+        }
         let _ = writeln!(out, "keyward: press Ctrl-C to stop");
         let _ = out.flush();
     })

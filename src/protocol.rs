@@ -166,6 +166,24 @@ impl ErrorCode {
         ErrorCode::ALL.into_iter().find(|code| *code as u8 == value)
     }
 
+    /// The code's name as PROTOCOL.md writes it (and metrics label it).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadVersion => "bad_version",
+            ErrorCode::BadFlags => "bad_flags",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::UnknownOpcode => "unknown_opcode",
+            ErrorCode::BadBody => "bad_body",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+
     /// Whether the server closes the connection after sending this error.
     pub fn is_fatal(self) -> bool {
         matches!(

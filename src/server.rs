@@ -16,6 +16,7 @@ use crate::delta::{self, Delta, DeltaLog, LogError};
 use crate::endpoint::Endpoint;
 use crate::link;
 pub use crate::link::Shutdown;
+use crate::metrics::{self, Board};
 use crate::shard::{self, ShardReport, ShardSettings, ShardStart};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::verify::Verifier;
@@ -60,6 +61,8 @@ pub enum ServerError {
 pub struct Ready {
     pub verify_address: Endpoint,
     pub control_address: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when they are.
+    pub metrics_address: Option<SocketAddr>,
     pub replayed_deltas: usize,
     pub sequence: u64,
     pub cpus: Vec<usize>,
@@ -119,6 +122,28 @@ pub fn run(
         .and_then(|a| a.as_socket())
         .unwrap_or(config.control);
     let (links, control_links) = link::build(cpus.len()).map_err(ServerError::Link)?;
+    let board = Arc::new(Board::new(
+        cpus.len(),
+        snapshot.header().record_count,
+        snapshot.header().sequence,
+    ));
+    let metrics =
+        match config.metrics_address().map_err(ServerError::Config)? {
+            Some(address) => {
+                wait_until_free(address, bind_retry)?;
+                let listener = std::net::TcpListener::bind(address)
+                    .map_err(|source| ServerError::Bind { address, source })?;
+                let address = listener.local_addr().unwrap_or(address);
+                let handle = metrics::http::spawn(listener, board.clone(), shutdown.clone())
+                    .map_err(|e| ServerError::Executor {
+                        shard: usize::MAX,
+                        cpu: usize::MAX,
+                        message: e.to_string(),
+                    })?;
+                Some((address, handle))
+            }
+            None => None,
+        };
 
     let settings = ShardSettings {
         token_ttl_max_seconds: config.token_ttl_max_seconds,
@@ -144,6 +169,7 @@ pub fn run(
         let verifier = verifier.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
+        let board = board.clone();
         let handle = std::thread::Builder::new()
             .name(format!("keyward-shard-{index}"))
             .spawn(move || {
@@ -154,6 +180,7 @@ pub fn run(
                 }
                 let start = ShardStart {
                     index,
+                    board,
                     listener_fd: fd,
                     snapshot,
                     replayed,
@@ -195,6 +222,7 @@ pub fn run(
         log,
         replayed: replayed.clone(),
         links: control_links,
+        board: board.clone(),
     };
     let control_shutdown = shutdown.clone();
     let control_handle = LocalExecutorBuilder::new(Placement::Unbound)
@@ -212,6 +240,7 @@ pub fn run(
     on_ready(&Ready {
         verify_address: verify_address.clone(),
         control_address,
+        metrics_address: metrics.as_ref().map(|(address, _)| *address),
         replayed_deltas: replayed.len(),
         sequence,
         cpus: cpus.clone(),
@@ -240,6 +269,10 @@ pub fn run(
     }
     if control_handle.join().is_err() {
         failure.get_or_insert(ServerError::ShardPanicked(usize::MAX));
+    }
+    if let Some((_, handle)) = metrics {
+        shutdown.trigger();
+        let _ = handle.join();
     }
     drop(data_dir);
     if let Endpoint::Unix(path) = &verify_address {

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use crate::credential::{self, KeyId};
 use crate::dataplane::connection::ConnectionId;
-use crate::dataplane::turn::{self, Service, Step, TurnSettings};
+use crate::dataplane::turn::{self, Service, Step, TurnReport, TurnSettings};
 use crate::delta::Delta;
 use crate::link::{
     self, Applied, RevocationAnswer, RevocationRequest, ShardLink, ShardMessage, Shutdown,
 };
+use crate::metrics::{Board, ShardMetrics};
 use crate::overlay::{Overlay, TableView};
 use crate::protocol::{self, ErrorCode, Request, RequestKind, Status};
 use crate::record::UnixSeconds;
@@ -71,6 +72,8 @@ pub struct ShardReport {
 /// What one shard starts from.
 pub struct ShardStart {
     pub index: usize,
+    /// Where the shard leaves its counters for the metrics exporter.
+    pub board: Arc<Board>,
     /// A bound, listening, blocking socket for the verify port.
     pub listener_fd: RawFd,
     pub snapshot: Arc<Snapshot>,
@@ -92,6 +95,9 @@ struct Shard {
     now: UnixSeconds,
     by_status: [u64; Status::ALL.len()],
     errors_sent: u64,
+    index: usize,
+    board: Arc<Board>,
+    metrics: ShardMetrics,
 }
 
 /// Serves on the calling thread (pinned by the caller) until `shutdown`; returns the counters.
@@ -103,6 +109,7 @@ pub fn serve(
 ) -> std::io::Result<ShardReport> {
     let ShardStart {
         index,
+        board,
         listener_fd,
         snapshot,
         replayed,
@@ -135,6 +142,9 @@ pub fn serve(
         now: UnixSeconds::now(),
         by_status: [0; Status::ALL.len()],
         errors_sent: 0,
+        index,
+        board,
+        metrics: ShardMetrics::default(),
     };
     let stop = shutdown.flag();
     let result = turn::serve(listener_fd, turn_settings, &stop, &mut shard);
@@ -201,8 +211,7 @@ impl Service for Shard {
             match last {
                 Some(Ok(())) => return (consumed, Step::More),
                 Some(Err(error)) => {
-                    protocol::put_error_frame(out, 0, error.code(), &error.to_string());
-                    self.errors_sent += 1;
+                    self.error(out, 0, error.code(), &error.to_string());
                     return (consumed, Step::Close);
                 }
                 None => {} // more decoded requests may follow
@@ -235,6 +244,7 @@ impl Service for Shard {
                 let message = "the control plane could not revoke the key; try again";
                 protocol::put_error_frame(&mut answer, request_id, ErrorCode::Unavailable, message);
                 self.errors_sent += 1;
+                self.metrics.count_error(ErrorCode::Unavailable);
             }
             finished.push((connection, answer));
         }
@@ -243,7 +253,32 @@ impl Service for Shard {
     fn begin_turn(&mut self) {
         self.now = UnixSeconds::now();
     }
+
+    fn tick(&mut self, report: &TurnReport) {
+        let metrics = &mut self.metrics;
+        metrics.serving = true;
+        metrics.connections_accepted = report.connections_accepted;
+        metrics.connections_refused = report.connections_refused;
+        metrics.connections_open = report.connections_open;
+        metrics.turns = report.turns;
+        metrics.submissions = report.submissions;
+        metrics.buffer_shortages = report.buffer_shortages;
+        metrics.applied_sequence = self.overlay.sequence();
+        let mut published = metrics.clone();
+        // The loop's own errors (busy, timeout) are counted in its report.
+        published.count_errors(ErrorCode::Busy, report.busy_sent);
+        published.count_errors(ErrorCode::Timeout, report.timeouts_sent);
+        self.board.publish_shard(self.index, &published);
+    }
 }
+
+/// [`crate::metrics::OPERATIONS`] indices.
+const OPERATION_PING: usize = 0;
+const OPERATION_VERIFY: usize = 1;
+const OPERATION_VERIFY_BATCH: usize = 2;
+const OPERATION_DERIVE: usize = 3;
+const OPERATION_REVOKE_SELF: usize = 4;
+const OPERATION_UNKNOWN: usize = 5;
 
 impl Shard {
     /// Applies one message from the control plane, in order, on this core.
@@ -311,10 +346,15 @@ impl Shard {
             overlay: &self.overlay,
         };
         match kind {
-            RequestKind::Ping => protocol::put_pong_frame(out, request_id),
+            RequestKind::Ping => {
+                self.metrics.requests[OPERATION_PING] += 1;
+                protocol::put_pong_frame(out, request_id)
+            }
             RequestKind::Verify(verify) => {
+                self.metrics.requests[OPERATION_VERIFY] += 1;
                 let verdict = self.verifier.verify(&table, &verify, self.now);
                 self.by_status[verdict.status as usize] += 1;
+                self.metrics.count_verify(verdict.status, verdict.kind);
                 verify::put_verdict_frame(out, request_id, &verdict);
             }
             RequestKind::VerifyBatch(items, count) => {
@@ -322,18 +362,22 @@ impl Shard {
                     item.ok()
                         .and_then(|r| credential::peek_key_id(r.credential))
                 }));
+                self.metrics.requests[OPERATION_VERIFY_BATCH] += 1;
                 let mut items = items;
                 let verifier = &self.verifier;
                 let now = self.now;
                 let by_status = &mut self.by_status;
+                let metrics = &mut self.metrics;
                 verify::put_batch_frame(out, request_id, count, || {
                     let item = items.next().expect("checked count").expect("checked item");
                     let verdict = verifier.verify(&table, &item, now);
                     by_status[verdict.status as usize] += 1;
+                    metrics.count_verify(verdict.status, verdict.kind);
                     verdict
                 });
             }
             RequestKind::Derive(derive) => {
+                self.metrics.requests[OPERATION_DERIVE] += 1;
                 let result = self.verifier.derive(
                     &table,
                     &derive,
@@ -343,12 +387,13 @@ impl Shard {
                 protocol::put_derive_result_frame(out, request_id, &result);
             }
             RequestKind::RevokeSelf(revoke) => {
-                return self.revoke_self(connection, request_id, &revoke, out)
+                self.metrics.requests[OPERATION_REVOKE_SELF] += 1;
+                return self.revoke_self(connection, request_id, &revoke, out);
             }
             RequestKind::Unknown(opcode) => {
+                self.metrics.requests[OPERATION_UNKNOWN] += 1;
                 let message = format!("unknown opcode {opcode:#04x}");
-                protocol::put_error_frame(out, request_id, ErrorCode::UnknownOpcode, &message);
-                self.errors_sent += 1;
+                self.error(out, request_id, ErrorCode::UnknownOpcode, &message);
             }
         }
         Step::More
@@ -377,8 +422,7 @@ impl Shard {
         if verdict.token.is_some() {
             let message =
                 "a token cannot be revoked by itself: revoke its parent key, or let it expire";
-            protocol::put_error_frame(out, request_id, ErrorCode::BadBody, message);
-            self.errors_sent += 1;
+            self.error(out, request_id, ErrorCode::BadBody, message);
             return Step::More;
         }
         match (verdict.status, verdict.record.map(|r| r.id())) {
@@ -387,8 +431,7 @@ impl Shard {
             }
             (_, Some(_)) if self.waiting.len() >= REVOCATIONS_WAITING_MAX => {
                 let message = "too many self-service revocations in progress; try again";
-                protocol::put_error_frame(out, request_id, ErrorCode::Busy, message);
-                self.errors_sent += 1;
+                self.error(out, request_id, ErrorCode::Busy, message);
             }
             (_, Some(key)) => {
                 let ticket = self.next_ticket;
@@ -407,7 +450,13 @@ impl Shard {
     }
 
     fn bad_body(&mut self, out: &mut Vec<u8>, request_id: u32, error: protocol::BodyError) {
-        protocol::put_error_frame(out, request_id, ErrorCode::BadBody, &error.to_string());
+        self.error(out, request_id, ErrorCode::BadBody, &error.to_string());
+    }
+
+    /// Sends an ERROR frame, counted.
+    fn error(&mut self, out: &mut Vec<u8>, request_id: u32, code: ErrorCode, message: &str) {
+        protocol::put_error_frame(out, request_id, code, message);
         self.errors_sent += 1;
+        self.metrics.count_error(code);
     }
 }

@@ -25,10 +25,37 @@ pub struct Verifier {
     token_prefix: String,
 }
 
+/// What a presented credential looked like, for the metrics: a keyward key (its prefix was
+/// one of ours), a derived token, or anything else (looked up as an imported key when its
+/// length allows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    Native = 0,
+    Imported = 1,
+    Token = 2,
+}
+
+impl CredentialKind {
+    pub const ALL: [CredentialKind; 3] = [
+        CredentialKind::Native,
+        CredentialKind::Imported,
+        CredentialKind::Token,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialKind::Native => "native",
+            CredentialKind::Imported => "imported",
+            CredentialKind::Token => "token",
+        }
+    }
+}
+
 /// The decision, with the matched record when the secret matched.
 #[derive(Clone, Debug)]
 pub struct Verdict<'t> {
     pub status: Status,
+    pub kind: CredentialKind,
     /// Present when the secret matched (for every status from `revoked` on, and `valid`).
     pub record: Option<Found<'t>>,
     /// The derived token, when the credential was one (its caveats shape a valid answer).
@@ -36,9 +63,10 @@ pub struct Verdict<'t> {
 }
 
 impl<'t> Verdict<'t> {
-    fn status(status: Status) -> Verdict<'t> {
+    fn status(status: Status, kind: CredentialKind) -> Verdict<'t> {
         Verdict {
             status,
+            kind,
             record: None,
             token: None,
         }
@@ -78,7 +106,7 @@ impl Verifier {
         request: &VerifyRequest<'_>,
         now: UnixSeconds,
     ) -> Verdict<'t> {
-        let record = match credential::parse(request.credential, &self.prefixes) {
+        let (kind, record) = match credential::parse(request.credential, &self.prefixes) {
             Parsed::Native(native) => {
                 let presented = self.hasher.native(native.key_id, &native.secret);
                 // With no record, a decoy record from the table goes through the same checks
@@ -93,21 +121,24 @@ impl Verifier {
                         .filter(|r| r.visibility() == record::visibility_to_u8(native.visibility)),
                 );
                 let found = shaped.filter(|_| real);
-                self.match_secret(found, &presented, || candidate.map(|r| r.hash()))
+                let matched = self.match_secret(found, &presented, || candidate.map(|r| r.hash()));
+                (CredentialKind::Native, matched)
             }
-            Parsed::Malformed(_) => return Verdict::status(Status::Malformed),
+            Parsed::Malformed(_) => {
+                return Verdict::status(Status::Malformed, CredentialKind::Native)
+            }
             Parsed::Other => {
                 if let Some(parsed) = Token::parse_raw(request.credential, &self.token_prefix) {
                     return match parsed {
                         Ok((token, bytes)) => self.verify_token(table, token, &bytes, request, now),
-                        Err(_) => Verdict::status(Status::Malformed),
+                        Err(_) => Verdict::status(Status::Malformed, CredentialKind::Token),
                     };
                 }
                 let length = request.credential.len();
                 if !(credential::IMPORTED_BYTES_MIN..=credential::IMPORTED_BYTES_MAX)
                     .contains(&length)
                 {
-                    return Verdict::status(Status::Malformed);
+                    return Verdict::status(Status::Malformed, CredentialKind::Imported);
                 }
                 let presented = self.hasher.imported(request.credential);
                 let (real, candidate) = match table.find_fingerprint_or_decoy(&presented) {
@@ -117,14 +148,16 @@ impl Verifier {
                 let shaped =
                     std::hint::black_box(candidate.filter(|r| r.kind() == KeyKind::Imported as u8));
                 let found = shaped.filter(|_| real);
-                self.match_secret(found, &presented, || candidate.map(|r| r.hash()))
+                let matched = self.match_secret(found, &presented, || candidate.map(|r| r.hash()));
+                (CredentialKind::Imported, matched)
             }
         };
         let Some(record) = record else {
-            return Verdict::status(Status::Unknown);
+            return Verdict::status(Status::Unknown, kind);
         };
         Verdict {
             status: judge(&record, request, now),
+            kind,
             record: Some(record),
             token: None,
         }
@@ -141,14 +174,15 @@ impl Verifier {
         now: UnixSeconds,
     ) -> Verdict<'t> {
         if !crate::token::chain_matches(&self.token_root, bytes) {
-            return Verdict::status(Status::Unknown);
+            return Verdict::status(Status::Unknown, CredentialKind::Token);
         }
         let Some(parent) = table.find(token.parent) else {
-            return Verdict::status(Status::Unknown);
+            return Verdict::status(Status::Unknown, CredentialKind::Token);
         };
         let status = judge_token(&parent, &token, request, now);
         Verdict {
             status,
+            kind: CredentialKind::Token,
             record: Some(parent),
             token: Some(Box::new(token)),
         }

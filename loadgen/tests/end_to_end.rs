@@ -67,6 +67,7 @@ fn keyward_on(count: usize, listen: impl FnOnce(&Path) -> String) -> Keyward {
     assert!(status.success());
     let mut child = Command::new(sibling("keyward"))
         .args(["serve", "--listen", &listen, "--control", "127.0.0.1:0"])
+        .args(["--metrics-listen", ""])
         .args(["--shards", "2", "--spin-before-park-us", "0", "--data-dir"])
         .arg(&data)
         .stdout(Stdio::piped())

@@ -83,6 +83,8 @@ pub struct ControlStart {
     pub replayed: Arc<Vec<Arc<Delta>>>,
     /// The control plane's ends of each shard's channels.
     pub links: Vec<ControlLink>,
+    /// Where the control plane leaves its figures for the metrics exporter.
+    pub board: Arc<crate::metrics::Board>,
 }
 
 /// The view requests are checked against: the snapshot plus every delta assigned so far.
@@ -181,7 +183,9 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         log,
         replayed,
         links,
+        board,
     } = start;
+    board.publish_control(&crate::metrics::ControlMetrics { serving: true });
     // SAFETY: a bound, listening, non-blocking socket handed over by server::run.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
     let mut overlay = Overlay::new(snapshot.header().sequence);

@@ -70,6 +70,10 @@ pub trait Service {
 
     /// A turn begins: the thread woke with work (e.g. read the clock once for all of it).
     fn begin_turn(&mut self) {}
+
+    /// The loop's clock tick (at most every 50 ms, never per request), with what the loop has
+    /// counted so far; once more when the loop stops.
+    fn tick(&mut self, _report: &TurnReport) {}
 }
 
 /// The bounds of one turn loop.
@@ -122,6 +126,15 @@ pub struct TurnReport {
     pub connections_refused: u64,
     /// Errors the turn itself sent (busy, timeout).
     pub errors_sent: u64,
+    pub busy_sent: u64,
+    pub timeouts_sent: u64,
+    /// Turns that took completions, and the submission entries the loop submitted.
+    pub turns: u64,
+    pub submissions: u64,
+    /// Receives that ended because the provided buffer ring was empty.
+    pub buffer_shortages: u64,
+    /// Connections open at the last tick.
+    pub connections_open: u64,
 }
 
 const ACCEPT: u64 = 1;
@@ -233,6 +246,7 @@ pub fn serve(
                 .saturating_duration_since(turn.now)
                 .min(settings.stop_poll);
             let queued = turn.ring.submission().len() as u32;
+            turn.report.submissions += u64::from(queued);
             turn.enter.enter(queued, 1, Some(wait))
         };
         match entered {
@@ -253,6 +267,7 @@ pub fn serve(
         );
         if !completions.is_empty() {
             last_work = turn.now;
+            turn.report.turns += 1;
             service.begin_turn();
         }
         turn.touched.clear();
@@ -292,10 +307,14 @@ pub fn serve(
                 break Err(error);
             }
             next_tick = turn.now + tick;
+            turn.report.connections_open = turn.open_connections();
+            service.tick(&turn.report);
         }
         turn.buffers.publish();
     };
+    turn.report.connections_open = 0;
     let report = turn.report;
+    service.tick(&report);
     turn.stop();
     result.map(|()| report)
 }
@@ -328,6 +347,7 @@ impl Turn {
         let enter = queued > 0 || submission.taskrun() || submission.cq_overflow();
         drop(submission);
         if enter {
+            self.report.submissions += u64::from(queued);
             // Nothing to wait for: runs the deferred completions and returns.
             self.enter.enter(queued, 0, None)?;
         } else {
@@ -479,6 +499,9 @@ impl Turn {
             }
             self.buffers.recycle(id);
         }
+        if result == -libc::ENOBUFS {
+            self.report.buffer_shortages += 1;
+        }
         if result == 0 || (result < 0 && !matches!(-result, libc::ENOBUFS | libc::ECANCELED)) {
             connection.closing = true; // end of stream, or an error such as a reset
         }
@@ -518,6 +541,7 @@ impl Turn {
                     let message = "the server is short of memory for large frames; try again";
                     protocol::put_error_frame(&mut connection.output, 0, ErrorCode::Busy, message);
                     self.report.errors_sent += 1;
+                    self.report.busy_sent += 1;
                     connection.closing = true;
                     connection.input = Vec::new();
                 } else {
@@ -662,6 +686,10 @@ impl Turn {
     }
 
     /// The clocks: idle and slow connections, and an accept waiting to be armed again.
+    fn open_connections(&self) -> u64 {
+        self.connections.iter().filter(|c| c.is_some()).count() as u64
+    }
+
     fn check_clocks(&mut self) -> io::Result<()> {
         if self.accept_again_at.is_some_and(|at| at <= self.now) {
             self.accept_again_at = None;
@@ -702,6 +730,7 @@ impl Turn {
                         &message,
                     );
                     self.report.errors_sent += 1;
+                    self.report.timeouts_sent += 1;
                     connection.closing = true;
                 }
                 None if connection.unsent() == 0

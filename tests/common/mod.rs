@@ -43,6 +43,8 @@ pub struct Server {
     pub address: SocketAddr,
     pub endpoint: Endpoint,
     pub control: SocketAddr,
+    /// The metrics listener (`/metrics`, `/healthz`, `/readyz`), when the server has one.
+    pub metrics: Option<SocketAddr>,
     pub stdout: BufReader<ChildStdout>,
     pub data_dir: PathBuf,
 }
@@ -64,6 +66,11 @@ pub fn keyward_command_at(data_dir: &Path, listen: &str, control: &str, extra: &
         "--control",
         control,
     ]);
+    if std::env::var_os("KEYWARD_BIN").is_none() && !extra.contains(&"--metrics-listen") {
+        // Any free port, so servers of tests running at once do not contend for 7502 (an
+        // older build under KEYWARD_BIN has no metrics listener).
+        command.args(["--metrics-listen", "127.0.0.1:0"]);
+    }
     if !extra.contains(&"--busy-poll-us") {
         // No busy polling, so tests on two shared CPUs do not starve each other (the old name
         // of the flag, so KEYWARD_BIN may be an older build).
@@ -97,6 +104,8 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut line = String::new();
         let mut verify = None;
+        let mut control = None;
+        let mut metrics = None;
         loop {
             line.clear();
             let read = stdout.read_line(&mut line).unwrap();
@@ -119,8 +128,13 @@ impl Server {
             if let Some(found) = word_after("verify port listening on ") {
                 verify = Some(found.parse::<Endpoint>().unwrap());
             }
-            if let Some(control) = word_after("control port listening on ") {
-                let control = control.parse::<SocketAddr>().unwrap();
+            if let Some(found) = word_after("control port listening on ") {
+                control = Some(found.parse::<SocketAddr>().unwrap());
+            }
+            if let Some(found) = word_after("metrics listening on ") {
+                metrics = Some(found.parse::<SocketAddr>().unwrap());
+            }
+            if line.contains("press Ctrl-C to stop") {
                 let endpoint = verify.expect("the verify port line comes first");
                 return Server {
                     child,
@@ -128,7 +142,8 @@ impl Server {
                         .tcp()
                         .unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
                     endpoint,
-                    control,
+                    control: control.expect("the control port line comes first"),
+                    metrics,
                     stdout,
                     data_dir: data_dir.to_path_buf(),
                 };

@@ -63,6 +63,8 @@ fn serve(data_dir: &Path) -> Server {
             "127.0.0.1:0",
             "--control",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "",
             "--shards",
             "2",
             "--data-dir",
@@ -447,6 +449,8 @@ fn a_version_1_table_is_refused_by_the_server_then_upgraded_keeping_every_key() 
             "127.0.0.1:0",
             "--control",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "",
         ])
         .arg("--data-dir")
         .arg(&data)

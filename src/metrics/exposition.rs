@@ -1,0 +1,207 @@
+//! The Prometheus text exposition of the [`Board`], through the `prometheus-client` crate (the
+//! Prometheus project's own Rust client): a collector that reads the board on each scrape, so
+//! nothing is registered or updated on the verify path. Names follow Prometheus's conventions
+//! (`keyward_` prefix, `_total` on counters, base units). docs/OPERATIONS.md lists them all.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::{Board, ShardMetrics, OPERATIONS};
+use crate::protocol::{ErrorCode, Status};
+use crate::verify::CredentialKind;
+
+#[derive(Debug)]
+struct BoardCollector(Arc<Board>);
+
+/// The registry a scrape encodes.
+pub fn registry(board: Arc<Board>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BoardCollector(board)));
+    registry
+}
+
+/// The scrape's `Content-Type`: Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Renders one scrape (Prometheus text format 0.0.4, which every Prometheus reads).
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, registry)
+        .expect("writing to a String does not fail");
+    text
+}
+
+type Labels<'a> = Vec<(&'static str, std::borrow::Cow<'a, str>)>;
+
+/// One metric family: its descriptor, then a value per label set.
+fn family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    values: impl IntoIterator<Item = (Labels<'static>, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in values {
+        let mut labelled = metric.encode_family(&labels)?;
+        match metric_type {
+            MetricType::Counter => {
+                labelled.encode_counter::<NoLabelSet, _, u64>(&(value as u64), None)?
+            }
+            // Whole numbers (counts, sequences) print as integers.
+            _ if value.fract() == 0.0 && value.abs() < 9.0e15 => {
+                labelled.encode_gauge(&(value as i64))?
+            }
+            _ => labelled.encode_gauge(&value)?,
+        }
+    }
+    Ok(())
+}
+
+fn per_shard(
+    shards: &[ShardMetrics],
+    value: impl Fn(&ShardMetrics) -> u64,
+) -> Vec<(Labels<'static>, f64)> {
+    shards
+        .iter()
+        .enumerate()
+        .map(|(index, shard)| {
+            (
+                vec![("shard", index.to_string().into())],
+                value(shard) as f64,
+            )
+        })
+        .collect()
+}
+
+impl Collector for BoardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let board = &self.0;
+        let shards = board.shards();
+        let counter = MetricType::Counter;
+        let gauge = MetricType::Gauge;
+
+        let mut verifies = Vec::new();
+        for status in Status::ALL {
+            for kind in CredentialKind::ALL {
+                let total: u64 = shards
+                    .iter()
+                    .map(|s| s.verifies[status as usize][kind as usize])
+                    .sum();
+                let labels = vec![
+                    ("status", status.name().into()),
+                    ("kind", kind.name().into()),
+                ];
+                verifies.push((labels, total as f64));
+            }
+        }
+        family(
+            &mut encoder,
+            "keyward_verifies",
+            "VERIFY answers (batch items included), by status and credential kind",
+            counter,
+            verifies,
+        )?;
+        let requests = OPERATIONS.iter().enumerate().map(|(at, name)| {
+            let total: u64 = shards.iter().map(|s| s.requests[at]).sum();
+            (vec![("operation", (*name).into())], total as f64)
+        });
+        family(
+            &mut encoder,
+            "keyward_requests",
+            "Frames the verify port answered, by operation",
+            counter,
+            requests,
+        )?;
+        let errors = ErrorCode::ALL.iter().enumerate().map(|(at, code)| {
+            let total: u64 = shards.iter().map(|s| s.errors[at]).sum();
+            (vec![("code", code.name().into())], total as f64)
+        });
+        family(
+            &mut encoder,
+            "keyward_protocol_errors",
+            "ERROR frames the verify port sent, by code",
+            counter,
+            errors,
+        )?;
+        for (name, help, metric_type, value) in [
+            (
+                "keyward_connections_accepted",
+                "Verify-port connections accepted, per shard",
+                counter,
+                (|s: &ShardMetrics| s.connections_accepted) as fn(&ShardMetrics) -> u64,
+            ),
+            (
+                "keyward_connections_refused",
+                "Verify-port connections told busy and closed at once (connection bound, no descriptors), per shard",
+                counter,
+                |s| s.connections_refused,
+            ),
+            (
+                "keyward_connections_open",
+                "Verify-port connections open, per shard",
+                gauge,
+                |s| s.connections_open,
+            ),
+            (
+                "keyward_turns",
+                "Turns of a shard's io_uring loop that took completions",
+                counter,
+                |s| s.turns,
+            ),
+            (
+                "keyward_turn_submissions",
+                "Submission-queue entries a shard's turns submitted (divide by keyward_turns_total for entries per turn)",
+                counter,
+                |s| s.submissions,
+            ),
+            (
+                "keyward_receive_buffer_shortages",
+                "Receives that found a shard's provided buffer ring empty (re-armed at the end of the turn)",
+                counter,
+                |s| s.buffer_shortages,
+            ),
+            (
+                "keyward_shard_applied_sequence",
+                "The last delta sequence each shard applied (compare with keyward_snapshot_sequence and the control plane's: replication lag)",
+                gauge,
+                |s| s.applied_sequence,
+            ),
+            (
+                "keyward_shard_serving",
+                "1 when the shard's loop is running",
+                gauge,
+                |s| u64::from(s.serving),
+            ),
+        ] {
+            family(&mut encoder, name, help, metric_type, per_shard(&shards, value))?;
+        }
+        let no_labels = |value: f64| vec![(Labels::new(), value)];
+        family(
+            &mut encoder,
+            "keyward_snapshot_records",
+            "Keys in the snapshot the server started on",
+            gauge,
+            no_labels(board.snapshot_records as f64),
+        )?;
+        family(
+            &mut encoder,
+            "keyward_snapshot_sequence",
+            "The delta sequence the server's starting snapshot includes",
+            gauge,
+            no_labels(board.snapshot_sequence as f64),
+        )?;
+        family(
+            &mut encoder,
+            "keyward_uptime_seconds",
+            "Seconds since the server started",
+            gauge,
+            no_labels(board.uptime_seconds()),
+        )?;
+        Ok(())
+    }
+}

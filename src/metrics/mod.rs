@@ -1,0 +1,153 @@
+//! What the server counts, and how the counts leave the verify cores without slowing them.
+//!
+//! Each shard counts in plain fields of its own ([`ShardMetrics`]): no atomics, no locks on the
+//! verify path. On its clock tick (every 50 ms at most, never per request) it copies them into
+//! its slot of the [`Board`], behind a mutex only the exporter also takes, on a scrape. So a
+//! scrape sees each shard as it was at its last tick: at most one tick old, and a shard that
+//! has gone quiet has published its final counts within a tick. The exporter (`http.rs`)
+//! serves them in Prometheus's text format (`exposition.rs`), beside `/healthz` and `/readyz`.
+
+pub mod exposition;
+pub mod http;
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::protocol::{ErrorCode, Status};
+use crate::verify::CredentialKind;
+
+/// The verify port's requests, by opcode, as labelled.
+pub const OPERATIONS: [&str; 6] = [
+    "ping",
+    "verify",
+    "verify_batch",
+    "derive",
+    "revoke_self",
+    "unknown",
+];
+
+/// One shard's counters. Counters only grow; `connections_open` and `applied_sequence` are
+/// levels.
+#[derive(Clone, Debug, Default)]
+pub struct ShardMetrics {
+    /// Whether the shard's loop is running (set at its first publication).
+    pub serving: bool,
+    /// VERIFY answers (batch items included), by status then credential kind.
+    pub verifies: [[u64; CredentialKind::ALL.len()]; Status::ALL.len()],
+    /// Frames answered, by [`OPERATIONS`] index.
+    pub requests: [u64; OPERATIONS.len()],
+    /// ERROR frames sent, by code (index in [`ErrorCode::ALL`]).
+    pub errors: [u64; ErrorCode::ALL.len()],
+    pub connections_accepted: u64,
+    /// Connections told `busy` and closed at once (connection bound, out of descriptors).
+    pub connections_refused: u64,
+    pub connections_open: u64,
+    /// Turns of the loop that took completions, submission entries they submitted, and
+    /// receives that found the provided buffer ring empty.
+    pub turns: u64,
+    pub submissions: u64,
+    pub buffer_shortages: u64,
+    /// The last delta sequence the shard applied.
+    pub applied_sequence: u64,
+}
+
+impl ShardMetrics {
+    pub fn count_verify(&mut self, status: Status, kind: CredentialKind) {
+        self.verifies[status as usize][kind as usize] += 1;
+    }
+
+    pub fn count_error(&mut self, code: ErrorCode) {
+        self.count_errors(code, 1);
+    }
+
+    pub fn count_errors(&mut self, code: ErrorCode, count: u64) {
+        if let Some(at) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[at] += count;
+        }
+    }
+}
+
+/// The control plane's figures, published as they change.
+#[derive(Clone, Debug, Default)]
+pub struct ControlMetrics {
+    /// The control plane's loop is running.
+    pub serving: bool,
+}
+
+/// Where shards and the control plane leave their figures for the exporter.
+#[derive(Debug)]
+pub struct Board {
+    shards: Vec<Mutex<ShardMetrics>>,
+    control: Mutex<ControlMetrics>,
+    started: Instant,
+    /// Keys in the table the server started on and its sequence (the control plane's live
+    /// figures come with its own metrics).
+    pub snapshot_records: u64,
+    pub snapshot_sequence: u64,
+}
+
+impl Board {
+    pub fn new(shards: usize, snapshot_records: u64, snapshot_sequence: u64) -> Board {
+        Board {
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            control: Mutex::default(),
+            started: Instant::now(),
+            snapshot_records,
+            snapshot_sequence,
+        }
+    }
+
+    /// A shard leaves its counters (called on its tick, and when it stops).
+    pub fn publish_shard(&self, shard: usize, metrics: &ShardMetrics) {
+        if let Some(slot) = self.shards.get(shard) {
+            slot.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone_from(metrics);
+        }
+    }
+
+    pub fn publish_control(&self, metrics: &ControlMetrics) {
+        self.control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone_from(metrics);
+    }
+
+    /// Every shard's last publication.
+    pub fn shards(&self) -> Vec<ShardMetrics> {
+        self.shards
+            .iter()
+            .map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+
+    pub fn control(&self) -> ControlMetrics {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn uptime_seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// `Ok` when the server can answer: the table is loaded (it is, or the server would not
+    /// have started), every shard is serving and the control plane is running; else the reasons.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut reasons = Vec::new();
+        for (index, shard) in self.shards().iter().enumerate() {
+            if !shard.serving {
+                reasons.push(format!("shard {index} is not serving yet"));
+            }
+        }
+        if !self.control().serving {
+            reasons.push("the control plane is not running yet".to_string());
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
+    }
+}

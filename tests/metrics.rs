@@ -1,0 +1,199 @@
+//! The metrics listener of the real server: what a scrape says equals what clients were
+//! answered, `/healthz` and `/readyz` answer, and anything else gets a clear HTTP error.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use keyward::client::Client;
+use keyward::protocol::{Status, VerifyRequest};
+
+/// One HTTP/1.1 request; returns the status code and the body.
+fn http(address: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    // Read what comes until the server closes (a reset after a refused request included).
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(read) = stream.read(&mut chunk) {
+        if read == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..read]);
+    }
+    let response = String::from_utf8_lossy(&bytes).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// `keyward_verifies_total` summed over credential kinds, by status.
+fn verifies_by_status(scrape: &str) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for line in scrape
+        .lines()
+        .filter(|l| l.starts_with("keyward_verifies_total{"))
+    {
+        let status = line
+            .split("status=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_string();
+        let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *totals.entry(status).or_insert(0) += value;
+    }
+    totals.retain(|_, count| *count > 0);
+    totals
+}
+
+fn value_of(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn scraped_verify_counts_equal_what_clients_were_answered() {
+    let directory = tempfile::tempdir().unwrap();
+    let keys = common::generated_data_dir(directory.path(), 400);
+    let server = common::Server::start(directory.path(), &[]);
+    let metrics = server.metrics.expect("a metrics listener");
+
+    // Several connections, so both shards answer; single VERIFYs and batches.
+    let mut answered: BTreeMap<String, u64> = BTreeMap::new();
+    for chunk in keys.chunks(50) {
+        let mut client = Client::connect(server.address).unwrap();
+        for key in &chunk[..25] {
+            let request = VerifyRequest {
+                credential: key.credential.as_bytes(),
+                ..Default::default()
+            };
+            let result = client.verify(&request).unwrap();
+            *answered
+                .entry(result.status.name().to_string())
+                .or_insert(0) += 1;
+        }
+        let requests: Vec<VerifyRequest<'_>> = chunk[25..]
+            .iter()
+            .map(|key| VerifyRequest {
+                credential: key.credential.as_bytes(),
+                ..Default::default()
+            })
+            .collect();
+        for result in client.verify_batch(&requests).unwrap() {
+            *answered
+                .entry(result.status.name().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    let mut client = Client::connect(server.address).unwrap();
+    let malformed = VerifyRequest {
+        credential: b"kw_not-a-key",
+        ..Default::default()
+    };
+    assert_eq!(client.verify(&malformed).unwrap().status, Status::Malformed);
+    *answered.entry("malformed".into()).or_insert(0) += 1;
+    assert!(answered.len() >= 5, "{answered:?}");
+
+    // Shards publish on their clock tick: the scrape catches up within a few ticks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let (status, scrape) = get(metrics, "/metrics");
+        assert_eq!(status, 200);
+        if verifies_by_status(&scrape) == answered || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(verifies_by_status(&scrape), answered, "{scrape}");
+    assert_eq!(
+        value_of(
+            &scrape,
+            "keyward_requests_total{operation=\"verify_batch\"}"
+        ),
+        Some(8.0)
+    );
+    assert_eq!(
+        value_of(
+            &scrape,
+            "keyward_verifies_total{status=\"malformed\",kind=\"native\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value_of(&scrape, "keyward_snapshot_records"), Some(380.0));
+    for name in [
+        "# TYPE keyward_verifies_total counter",
+        "# TYPE keyward_connections_open gauge",
+        "keyward_connections_accepted_total{shard=\"1\"}",
+        "keyward_shard_applied_sequence{shard=\"0\"}",
+        "keyward_turn_submissions_total",
+        "keyward_receive_buffer_shortages_total",
+    ] {
+        assert!(scrape.contains(name), "{name} missing from {scrape}");
+    }
+}
+
+#[test]
+fn health_readiness_and_http_errors() {
+    let directory = tempfile::tempdir().unwrap();
+    common::generated_data_dir(directory.path(), 10);
+    let server = common::Server::start(directory.path(), &[]);
+    let metrics = server.metrics.expect("a metrics listener");
+    assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
+    // Ready once every shard has published (its first tick, within 50 ms of starting).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(metrics, "/readyz").0 != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(metrics, "/readyz"), (200, "ready\n".into()));
+    assert_eq!(get(metrics, "/nowhere").0, 404);
+    assert_eq!(
+        http(
+            metrics,
+            "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .0,
+        405
+    );
+    assert_eq!(http(metrics, "NOT HTTP AT ALL\r\n\r\n").0, 400);
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(http(metrics, &huge).0, 431);
+    // A client that sends nothing is dropped after the I/O timeout; the listener goes on.
+    let _silent = TcpStream::connect(metrics).unwrap();
+    assert_eq!(get(metrics, "/healthz").0, 200);
+}
+
+#[test]
+fn an_empty_metrics_address_turns_the_listener_off() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = common::Server::start(directory.path(), &["--metrics-listen", ""]);
+    assert!(server.metrics.is_none());
+    let mut client = Client::connect(server.address).unwrap();
+    client.ping().unwrap();
+}
