@@ -4,47 +4,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use keyward::client::Client;
 use keyward::protocol::{Status, VerifyRequest};
 
-/// One HTTP/1.1 request; returns the status code and the body.
 fn http(address: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    // Read what comes until the server closes (a reset after a refused request included).
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while let Ok(read) = stream.read(&mut chunk) {
-        if read == 0 {
-            break;
-        }
-        bytes.extend_from_slice(&chunk[..read]);
-    }
-    let response = String::from_utf8_lossy(&bytes).into_owned();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    common::http(address, request)
 }
 
 fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    http(
-        address,
-        &format!("GET {path} HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n"),
-    )
+    common::http_get(address, path)
 }
 
 /// `keyward_verifies_total` summed over credential kinds, by status.
@@ -143,7 +114,10 @@ fn scraped_verify_counts_equal_what_clients_were_answered() {
         ),
         Some(1.0)
     );
-    assert_eq!(value_of(&scrape, "keyward_snapshot_records"), Some(380.0));
+    assert_eq!(
+        value_of(&scrape, "keyward_table_snapshot_records"),
+        Some(380.0)
+    );
     for name in [
         "# TYPE keyward_verifies_total counter",
         "# TYPE keyward_connections_open gauge",
@@ -153,6 +127,64 @@ fn scraped_verify_counts_equal_what_clients_were_answered() {
         "keyward_receive_buffer_shortages_total",
     ] {
         assert!(scrape.contains(name), "{name} missing from {scrape}");
+    }
+}
+
+#[test]
+fn changes_show_in_sequences_latencies_and_every_shards_applied_sequence() {
+    use keyward::admin::opcode;
+    use serde_json::json;
+    let directory = tempfile::tempdir().unwrap();
+    common::generated_data_dir(directory.path(), 20);
+    let server = common::Server::start(directory.path(), &[]);
+    let metrics = server.metrics.expect("a metrics listener");
+    let mut admin = server.admin();
+    for _ in 0..3 {
+        let issued = admin
+            .call(opcode::ISSUE, &json!({ "tenant": "acme" }))
+            .unwrap();
+        let id = issued["key"]["id"].as_u64().unwrap();
+        admin
+            .call(
+                opcode::REVOKE,
+                &json!({ "id": id, "reason": "metrics test" }),
+            )
+            .unwrap();
+    }
+    // Six changes, each acknowledged only once every shard applied it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let (_, scrape) = get(metrics, "/metrics");
+        let shards_caught_up = ["0", "1"].iter().all(|shard| {
+            value_of(
+                &scrape,
+                &format!("keyward_shard_applied_sequence{{shard=\"{shard}\"}}"),
+            ) == Some(6.0)
+        });
+        if shards_caught_up || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        value_of(&scrape, "keyward_applied_sequence"),
+        Some(6.0),
+        "{scrape}"
+    );
+    assert_eq!(value_of(&scrape, "keyward_assigned_sequence"), Some(6.0));
+    assert_eq!(
+        value_of(&scrape, "keyward_change_ack_seconds_count"),
+        Some(6.0)
+    );
+    assert_eq!(
+        value_of(&scrape, "keyward_table_overlay_records"),
+        Some(3.0)
+    );
+    assert!(value_of(&scrape, "keyward_delta_log_sync_seconds_count").unwrap() >= 1.0);
+    assert!(value_of(&scrape, "keyward_delta_log_bytes").unwrap() > 16.0);
+    for shard in ["0", "1"] {
+        let series = format!("keyward_shard_applied_sequence{{shard=\"{shard}\"}}");
+        assert_eq!(value_of(&scrape, &series), Some(6.0), "{scrape}");
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
@@ -25,6 +26,8 @@ pub(super) enum Job {
         delta: Arc<Delta>,
         encoded: Vec<u8>,
         done: LocalSender<()>,
+        /// When the request handed it over (for the acknowledgement latency).
+        queued: Instant,
     },
     /// Answer once everything queued before it is durable and applied.
     Barrier { done: LocalSender<()> },
@@ -54,6 +57,7 @@ pub(super) async fn commit(control: &Control, (delta, encoded): (Arc<Delta>, Vec
         delta,
         encoded,
         done,
+        queued: Instant::now(),
     })
     .await;
 }
@@ -110,22 +114,32 @@ pub(super) async fn committer(
                 }
             }
             if !bytes.is_empty() {
+                let syncing = Instant::now();
                 with_log(&control, "make the delta log durable", move |log| {
                     log.append_durable(&bytes)
                 })
                 .await;
+                let seconds = syncing.elapsed().as_secs_f64();
+                control
+                    .metrics
+                    .borrow_mut()
+                    .log_sync_seconds
+                    .observe(seconds);
             }
             // What each shard must answer to each message sent, in order.
             let mut expected = Vec::with_capacity(jobs.len());
             let mut last_sent = control.durable.borrow().applied;
             let mut waiting = Vec::with_capacity(jobs.len());
+            let mut queued_at = Vec::with_capacity(jobs.len());
             for job in jobs {
                 let message = match job {
                     Job::Commit {
                         delta,
                         encoded,
                         done,
+                        queued,
                     } => {
+                        queued_at.push(queued);
                         assert_eq!(delta.sequence, last_sent + 1, "deltas are sent in order");
                         last_sent = delta.sequence;
                         let mut durable = control.durable.borrow_mut();
@@ -175,6 +189,16 @@ pub(super) async fn committer(
             for done in waiting {
                 let _ = done.try_send(());
             }
+            {
+                let mut metrics = control.metrics.borrow_mut();
+                metrics.commit_rounds += 1;
+                for queued in queued_at {
+                    metrics
+                        .change_ack_seconds
+                        .observe(queued.elapsed().as_secs_f64());
+                }
+            }
+            control.publish_metrics();
             compaction::maybe_start(&control);
         }
     }

@@ -107,8 +107,15 @@ pub(super) async fn run(control: &Rc<Control>) -> Outcome {
             state.finished.set(state.finished.get() + 1);
             state.failures.set(0);
             state.retry_at.set(None);
+            let seconds = started.elapsed().as_secs_f64();
+            control
+                .metrics
+                .borrow_mut()
+                .compaction_seconds
+                .observe(seconds);
         }
         Err(_) => {
+            control.metrics.borrow_mut().compaction_failures += 1;
             let failures = state.failures.get().saturating_add(1);
             state.failures.set(failures);
             let wait = RETRY_AFTER_FIRST
@@ -118,6 +125,7 @@ pub(super) async fn run(control: &Rc<Control>) -> Outcome {
         }
     }
     state.running.set(false);
+    control.publish_metrics();
     result.map(|mut value| {
         value["seconds"] = json!(started.elapsed().as_secs_f64());
         value

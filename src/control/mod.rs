@@ -42,6 +42,7 @@ use glommio::net::TcpListener;
 use crate::credential::{Hasher, KeyId, Prefixes};
 use crate::delta::{self, Delta, DeltaLog};
 use crate::link::{ControlLink, Shutdown};
+use crate::metrics::{Board, ControlMetrics};
 use crate::overlay::{Overlay, TableView};
 use crate::protocol::ErrorCode;
 use crate::record::KeyRecord;
@@ -145,6 +146,30 @@ struct Control {
     compaction: compaction::State,
     connections: port::Connections,
     started: Instant,
+    /// Where the control plane leaves its figures for the metrics exporter, and its counters.
+    board: Arc<Board>,
+    metrics: RefCell<ControlMetrics>,
+}
+
+impl Control {
+    /// Refreshes the levels (sequences, sizes) and hands every figure to the exporter: after
+    /// each commit round and compaction, not per request.
+    fn publish_metrics(&self) {
+        let mut metrics = self.metrics.borrow_mut();
+        {
+            let view = self.view.borrow();
+            let durable = self.durable.borrow();
+            metrics.assigned_sequence = view.assigned;
+            metrics.overlay_records = view.overlay.len() as u64;
+            metrics.applied_sequence = durable.applied;
+            metrics.snapshot_sequence = durable.snapshot.header().sequence;
+            metrics.snapshot_records = durable.snapshot.header().record_count;
+            metrics.log_bytes = durable.log_bytes;
+            metrics.log_changes = durable.changes;
+        }
+        metrics.compactions = self.compaction.finished();
+        self.board.publish_control(&metrics);
+    }
 }
 
 /// A request that could not be carried out: an ERROR frame's code and message.
@@ -185,7 +210,6 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         links,
         board,
     } = start;
-    board.publish_control(&crate::metrics::ControlMetrics { serving: true });
     // SAFETY: a bound, listening, non-blocking socket handed over by server::run.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
     let mut overlay = Overlay::new(snapshot.header().sequence);
@@ -236,7 +260,13 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         compaction: compaction::State::default(),
         connections: port::Connections::default(),
         started: Instant::now(),
+        board,
+        metrics: RefCell::new(ControlMetrics {
+            serving: true,
+            ..Default::default()
+        }),
     });
+    control.publish_metrics();
 
     let (ends, receivers) = shards::connect(&control, links);
     glommio::spawn_local(commit::committer(control.clone(), wakeups, ends, receivers)).detach();

@@ -181,20 +181,102 @@ impl Collector for BoardCollector {
             family(&mut encoder, name, help, metric_type, per_shard(&shards, value))?;
         }
         let no_labels = |value: f64| vec![(Labels::new(), value)];
-        family(
-            &mut encoder,
-            "keyward_snapshot_records",
-            "Keys in the snapshot the server started on",
-            gauge,
-            no_labels(board.snapshot_records as f64),
-        )?;
-        family(
-            &mut encoder,
-            "keyward_snapshot_sequence",
-            "The delta sequence the server's starting snapshot includes",
-            gauge,
-            no_labels(board.snapshot_sequence as f64),
-        )?;
+        let control = board.control();
+        let (snapshot_records, snapshot_sequence) = if control.serving {
+            (control.snapshot_records, control.snapshot_sequence)
+        } else {
+            (board.snapshot_records, board.snapshot_sequence)
+        };
+        for (name, help, metric_type, value) in [
+            (
+                "keyward_table_snapshot_records",
+                "Keys in the snapshot in use",
+                gauge,
+                snapshot_records,
+            ),
+            (
+                "keyward_table_snapshot_sequence",
+                "The delta sequence the snapshot in use includes",
+                gauge,
+                snapshot_sequence,
+            ),
+            (
+                "keyward_table_overlay_records",
+                "Key records changed or added since the snapshot",
+                gauge,
+                control.overlay_records,
+            ),
+            (
+                "keyward_assigned_sequence",
+                "The last delta sequence the control plane assigned",
+                gauge,
+                control.assigned_sequence,
+            ),
+            (
+                "keyward_applied_sequence",
+                "The last delta sequence durable and applied on every shard (acknowledged)",
+                gauge,
+                control.applied_sequence,
+            ),
+            (
+                "keyward_delta_log_bytes",
+                "Size of the delta log",
+                gauge,
+                control.log_bytes,
+            ),
+            (
+                "keyward_delta_log_changes",
+                "Key changes in the delta log since the snapshot (compaction starts at compact_changes_max)",
+                gauge,
+                control.log_changes,
+            ),
+            (
+                "keyward_commit_rounds",
+                "Group-commit rounds (one write and one fsync each)",
+                counter,
+                control.commit_rounds,
+            ),
+            (
+                "keyward_compactions",
+                "Compactions finished",
+                counter,
+                control.compactions,
+            ),
+            (
+                "keyward_compaction_failures",
+                "Compactions that failed (retried with back-off)",
+                counter,
+                control.compaction_failures,
+            ),
+        ] {
+            family(&mut encoder, name, help, metric_type, no_labels(value as f64))?;
+        }
+        for (name, help, histogram) in [
+            (
+                "keyward_delta_log_sync_seconds",
+                "One group commit's write and fsync of the delta log",
+                &control.log_sync_seconds,
+            ),
+            (
+                "keyward_change_ack_seconds",
+                "A change from its commit request to its acknowledgement (durable, then applied on every shard): for a REVOKE, the revocation-ack latency",
+                &control.change_ack_seconds,
+            ),
+            (
+                "keyward_compaction_seconds",
+                "One compaction, from start to every shard on the new snapshot",
+                &control.compaction_seconds,
+            ),
+        ] {
+            let mut metric =
+                encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            metric.encode_histogram::<NoLabelSet>(
+                histogram.sum,
+                histogram.count(),
+                &histogram.buckets(),
+                None,
+            )?;
+        }
         family(
             &mut encoder,
             "keyward_uptime_seconds",

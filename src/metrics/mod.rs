@@ -67,11 +67,73 @@ impl ShardMetrics {
     }
 }
 
-/// The control plane's figures, published as they change.
+/// Upper bounds of the latency histograms' buckets, in seconds (100 µs to 10 s).
+pub const SECONDS_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A latency histogram with [`SECONDS_BUCKETS`] (Prometheus's classic buckets; the encoder
+/// makes them cumulative).
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last counts those above every bound.
+    pub counts: [u64; SECONDS_BUCKETS.len() + 1],
+    pub sum: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        let bucket = SECONDS_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(SECONDS_BUCKETS.len());
+        self.counts[bucket] += 1;
+        self.sum += seconds;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// (upper bound, observations in that bucket alone) per bucket, `+Inf` last.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(at, &count)| {
+                let bound = SECONDS_BUCKETS.get(at).copied().unwrap_or(f64::INFINITY);
+                (bound, count)
+            })
+            .collect()
+    }
+}
+
+/// The control plane's figures, published after each commit round and each compaction.
 #[derive(Clone, Debug, Default)]
 pub struct ControlMetrics {
     /// The control plane's loop is running.
     pub serving: bool,
+    /// The last sequence assigned, and the last one durable and applied on every shard.
+    pub assigned_sequence: u64,
+    pub applied_sequence: u64,
+    /// The snapshot in use: its sequence and record count.
+    pub snapshot_sequence: u64,
+    pub snapshot_records: u64,
+    /// Key records in the overlay (changed or added since the snapshot).
+    pub overlay_records: u64,
+    pub log_bytes: u64,
+    /// Changes committed since the snapshot (compaction starts at `compact_changes_max`).
+    pub log_changes: u64,
+    /// One write + fsync of a group commit.
+    pub log_sync_seconds: Histogram,
+    /// A change from its request's commit to its acknowledgement: durable, then applied on
+    /// every shard (for a revocation: the revocation-ack latency).
+    pub change_ack_seconds: Histogram,
+    pub commit_rounds: u64,
+    pub compactions: u64,
+    pub compaction_failures: u64,
+    pub compaction_seconds: Histogram,
 }
 
 /// Where shards and the control plane leave their figures for the exporter.
@@ -80,8 +142,8 @@ pub struct Board {
     shards: Vec<Mutex<ShardMetrics>>,
     control: Mutex<ControlMetrics>,
     started: Instant,
-    /// Keys in the table the server started on and its sequence (the control plane's live
-    /// figures come with its own metrics).
+    /// Keys in the table the server started on and its sequence (until the control plane
+    /// publishes its own).
     pub snapshot_records: u64,
     pub snapshot_sequence: u64,
 }
