@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::credential::{self, KeyId};
 use crate::dataplane::connection::ConnectionId;
@@ -98,6 +98,8 @@ struct Shard {
     index: usize,
     board: Arc<Board>,
     metrics: ShardMetrics,
+    /// Requests answered in the current turn (for the service-time histogram).
+    answered_in_turn: u64,
 }
 
 /// Serves on the calling thread (pinned by the caller) until `shutdown`; returns the counters.
@@ -145,6 +147,7 @@ pub fn serve(
         index,
         board,
         metrics: ShardMetrics::default(),
+        answered_in_turn: 0,
     };
     let stop = shutdown.flag();
     let result = turn::serve(listener_fd, turn_settings, &stop, &mut shard);
@@ -254,6 +257,14 @@ impl Service for Shard {
         self.now = UnixSeconds::now();
     }
 
+    fn end_turn(&mut self, started: Instant) {
+        if self.answered_in_turn > 0 {
+            let seconds = started.elapsed().as_secs_f64();
+            let answered = std::mem::take(&mut self.answered_in_turn);
+            self.metrics.service_seconds.observe_many(seconds, answered);
+        }
+    }
+
     fn tick(&mut self, report: &TurnReport) {
         let metrics = &mut self.metrics;
         metrics.serving = true;
@@ -334,6 +345,7 @@ impl Shard {
         out: &mut Vec<u8>,
     ) -> Step {
         let request_id = request.request_id;
+        self.answered_in_turn += 1;
         let kind = match request.kind {
             Ok(kind) => kind,
             Err(error) => {

@@ -125,6 +125,7 @@ fn scraped_verify_counts_equal_what_clients_were_answered() {
         "keyward_shard_applied_sequence{shard=\"0\"}",
         "keyward_turn_submissions_total",
         "keyward_receive_buffer_shortages_total",
+        "keyward_request_service_seconds_bucket{le=\"0.001\"}",
     ] {
         assert!(scrape.contains(name), "{name} missing from {scrape}");
     }

@@ -71,6 +71,9 @@ pub trait Service {
     /// A turn begins: the thread woke with work (e.g. read the clock once for all of it).
     fn begin_turn(&mut self) {}
 
+    /// A turn that began at `started` (when its completions were taken) has queued its sends.
+    fn end_turn(&mut self, _started: Instant) {}
+
     /// The loop's clock tick (at most every 50 ms, never per request), with what the loop has
     /// counted so far; once more when the loop stops.
     fn tick(&mut self, _report: &TurnReport) {}
@@ -301,6 +304,9 @@ pub fn serve(
         }
         if let Err(error) = turn.end_of_turn() {
             break Err(error);
+        }
+        if !completions.is_empty() {
+            service.end_turn(turn.now);
         }
         if turn.now >= next_tick {
             if let Err(error) = turn.check_clocks() {

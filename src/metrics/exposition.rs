@@ -251,7 +251,16 @@ impl Collector for BoardCollector {
         ] {
             family(&mut encoder, name, help, metric_type, no_labels(value as f64))?;
         }
+        let mut service = super::Histogram::default();
+        for shard in &shards {
+            service.merge(&shard.service_seconds);
+        }
         for (name, help, histogram) in [
+            (
+                "keyward_request_service_seconds",
+                "Verify-port requests from the start of the turn that received them to the end of the turn that queued their answers (one clock read per turn: every request of a turn gets the turn's time)",
+                &service,
+            ),
             (
                 "keyward_delta_log_sync_seconds",
                 "One group commit's write and fsync of the delta log",

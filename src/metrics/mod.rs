@@ -9,6 +9,7 @@
 
 pub mod exposition;
 pub mod http;
+pub mod scrape;
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -49,6 +50,10 @@ pub struct ShardMetrics {
     pub buffer_shortages: u64,
     /// The last delta sequence the shard applied.
     pub applied_sequence: u64,
+    /// Per request answered: from the start of the turn that received it (its completion
+    /// taken) to the end of that turn (its answer queued for sending). One clock read per turn:
+    /// every request of a turn gets the turn's time.
+    pub service_seconds: Histogram,
 }
 
 impl ShardMetrics {
@@ -84,12 +89,25 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&mut self, seconds: f64) {
+        self.observe_many(seconds, 1);
+    }
+
+    /// `count` observations of the same value.
+    pub fn observe_many(&mut self, seconds: f64, count: u64) {
         let bucket = SECONDS_BUCKETS
             .iter()
             .position(|&bound| seconds <= bound)
             .unwrap_or(SECONDS_BUCKETS.len());
-        self.counts[bucket] += 1;
-        self.sum += seconds;
+        self.counts[bucket] += count;
+        self.sum += seconds * count as f64;
+    }
+
+    /// Adds another histogram's observations (shards' histograms, merged for a scrape).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
     }
 
     pub fn count(&self) -> u64 {

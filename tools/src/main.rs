@@ -61,6 +61,9 @@ enum Command {
     Stats(AdminArgs),
     /// Write a new snapshot now and shorten the delta log.
     Compact(AdminArgs),
+    /// A live line per interval from the server's metrics listener: verifies/s by status,
+    /// connections, p99 service time, applied sequence (like `redis-cli --stat`).
+    Stat(stat::StatArgs),
     /// Revoke a key you hold, over the verify port (no admin token: the key is the proof).
     SelfRevoke {
         /// The key's credential.
@@ -398,6 +401,7 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::List(args) => admin::list(args),
         Command::Stats(args) => admin::stats(args),
         Command::Compact(args) => admin::compact(args),
+        Command::Stat(args) => stat::run(args),
         Command::Token(command) => token::run(command),
         Command::Log(command) => log::run(command),
         Command::SelfRevoke { credential, server } => self_revoke(&credential, &server),
@@ -406,6 +410,7 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
 
 mod admin;
 mod log;
+mod stat;
 mod token;
 
 fn verify(args: VerifyArgs) -> Result<(), Failure> {

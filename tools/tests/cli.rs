@@ -45,8 +45,9 @@ fn server_binary() -> PathBuf {
     path
 }
 
-/// A running server: the child, its verify address, its control address.
-struct Server(Child, String, String);
+/// A running server: the child, its verify address, its control address, and its metrics
+/// address when it has a metrics listener.
+struct Server(Child, String, String, Option<String>);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -56,6 +57,11 @@ impl Drop for Server {
 }
 
 fn serve(data_dir: &Path) -> Server {
+    serve_with_metrics(data_dir, "")
+}
+
+/// `serve`, with the metrics listener at `metrics` ("" for none).
+fn serve_with_metrics(data_dir: &Path, metrics: &str) -> Server {
     let mut child = Command::new(server_binary())
         .args([
             "serve",
@@ -64,7 +70,7 @@ fn serve(data_dir: &Path) -> Server {
             "--control",
             "127.0.0.1:0",
             "--metrics-listen",
-            "",
+            metrics,
             "--shards",
             "2",
             "--data-dir",
@@ -81,14 +87,23 @@ fn serve(data_dir: &Path) -> Server {
             .map(|rest| rest.split_whitespace().next().unwrap().to_string())
     };
     let mut verify = None;
-    let control = loop {
+    let mut control = None;
+    let mut metrics_address = None;
+    loop {
         let line = lines.next().expect("server exited").unwrap();
         verify = verify.or(after(&line, "verify port listening on "));
-        if let Some(control) = after(&line, "control port listening on ") {
-            break control;
+        control = control.or(after(&line, "control port listening on "));
+        metrics_address = metrics_address.or(after(&line, "metrics listening on "));
+        if line.contains("press Ctrl-C to stop") {
+            break;
         }
-    };
-    Server(child, verify.expect("verify port line"), control)
+    }
+    Server(
+        child,
+        verify.expect("verify port line"),
+        control.expect("control port line"),
+        metrics_address,
+    )
 }
 
 #[test]
@@ -516,4 +531,67 @@ fn a_version_1_table_is_refused_by_the_server_then_upgraded_keeping_every_key() 
         );
     }
     assert!(valid >= 20, "keys that never expire stay valid: {valid}");
+}
+
+#[test]
+fn stat_prints_a_line_per_interval_from_the_metrics_listener() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let keys = root.path().join("keys.txt");
+    assert!(generate_keys(&data, &keys, 100).status.success());
+    let server = serve_with_metrics(&data, "127.0.0.1:0");
+    let metrics = server.3.clone().expect("a metrics listener");
+    let lines = std::fs::read_to_string(&keys).unwrap();
+    let credential = lines
+        .lines()
+        .find(|l| l.ends_with("\tvalid\t-\t-") || l.contains("\tvalid\t"))
+        .and_then(|l| l.split('\t').next())
+        .unwrap()
+        .to_string();
+    for _ in 0..5 {
+        let output = ctl(&["verify", "--server", &server.1, &credential]);
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    let stat = ctl(&[
+        "stat",
+        "--metrics",
+        &metrics,
+        "--count",
+        "2",
+        "--interval",
+        "0.2",
+        "--json",
+    ]);
+    assert!(stat.status.success(), "{}", text(&stat));
+    let printed = String::from_utf8_lossy(&stat.stdout).to_string();
+    assert_eq!(printed.lines().count(), 2, "{printed}");
+    for line in printed.lines() {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            json["verifies_per_second"].as_f64().unwrap() >= 0.0,
+            "{line}"
+        );
+        assert_eq!(json["snapshot_records"].as_f64(), Some(95.0), "{line}");
+        assert!(json["by_status_per_second"]["valid"].is_number(), "{line}");
+    }
+    let table = ctl(&[
+        "stat",
+        "--metrics",
+        &metrics,
+        "--count",
+        "1",
+        "--interval",
+        "0.1",
+    ]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(table.starts_with("  verify/s"), "{table}");
+    assert_eq!(table.lines().count(), 2, "{table}");
+
+    let unreachable = ctl(&["stat", "--metrics", "127.0.0.1:1", "--count", "1"]);
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(
+        text(&unreachable).contains("cannot read 127.0.0.1:1/metrics"),
+        "{}",
+        text(&unreachable)
+    );
 }
