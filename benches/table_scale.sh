@@ -5,7 +5,7 @@
 # pipe), the time from starting `keyward serve` to its first answer with a warm and (as root) a
 # cold page cache, and, with CRITERION=1, criterion's in-process native verify on a table that
 # size.
-#   benches/table_scale.sh [COUNT ...]        (default: 1000000; 100000000 needs ~4 GB of memory and ~9 GB of disk)
+#   benches/table_scale.sh [COUNT ...]        (default: 1000000; 100000000 peaked at 2.6 GB of memory and needs 25+ GB of disk)
 # Not for CI: 10 M keys take minutes. Files stay in $OUT (default target/table-scale).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -57,18 +57,7 @@ fn query(prometheus: SocketAddr, promql: &str, by: &str) -> BTreeMap<String, f64
 
 #[test]
 fn prometheus_scrapes_the_totals_clients_were_answered() {
-    let found = Command::new("prometheus")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("KEYWARD_REQUIRE_BASELINES").is_none(),
-            "prometheus is not installed (apt-get install prometheus)"
-        );
-        eprintln!("skipping: prometheus is not installed (apt-get install prometheus)");
+    if !common::installed("prometheus", "prometheus") {
         return;
     }
     let directory = tempfile::tempdir().unwrap();

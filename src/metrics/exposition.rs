@@ -37,26 +37,21 @@ pub fn render(registry: &Registry) -> String {
 
 type Labels<'a> = Vec<(&'static str, std::borrow::Cow<'a, str>)>;
 
-/// One metric family: its descriptor, then a value per label set.
+/// One metric family of whole numbers (counts, sizes, sequences): its descriptor, then a
+/// value per label set.
 fn family(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     metric_type: MetricType,
-    values: impl IntoIterator<Item = (Labels<'static>, f64)>,
+    values: impl IntoIterator<Item = (Labels<'static>, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
     for (labels, value) in values {
         let mut labelled = metric.encode_family(&labels)?;
         match metric_type {
-            MetricType::Counter => {
-                labelled.encode_counter::<NoLabelSet, _, u64>(&(value as u64), None)?
-            }
-            // Whole numbers (counts, sequences) print as integers.
-            _ if value.fract() == 0.0 && value.abs() < 9.0e15 => {
-                labelled.encode_gauge(&(value as i64))?
-            }
-            _ => labelled.encode_gauge(&value)?,
+            MetricType::Counter => labelled.encode_counter::<NoLabelSet, _, u64>(&value, None)?,
+            _ => labelled.encode_gauge(&(value.min(i64::MAX as u64) as i64))?,
         }
     }
     Ok(())
@@ -65,16 +60,11 @@ fn family(
 fn per_shard(
     shards: &[ShardMetrics],
     value: impl Fn(&ShardMetrics) -> u64,
-) -> Vec<(Labels<'static>, f64)> {
+) -> Vec<(Labels<'static>, u64)> {
     shards
         .iter()
         .enumerate()
-        .map(|(index, shard)| {
-            (
-                vec![("shard", index.to_string().into())],
-                value(shard) as f64,
-            )
-        })
+        .map(|(index, shard)| (vec![("shard", index.to_string().into())], value(shard)))
         .collect()
 }
 
@@ -96,7 +86,7 @@ impl Collector for BoardCollector {
                     ("status", status.name().into()),
                     ("kind", kind.name().into()),
                 ];
-                verifies.push((labels, total as f64));
+                verifies.push((labels, total));
             }
         }
         family(
@@ -108,7 +98,7 @@ impl Collector for BoardCollector {
         )?;
         let requests = OPERATIONS.iter().enumerate().map(|(at, name)| {
             let total: u64 = shards.iter().map(|s| s.requests[at]).sum();
-            (vec![("operation", (*name).into())], total as f64)
+            (vec![("operation", (*name).into())], total)
         });
         family(
             &mut encoder,
@@ -119,7 +109,7 @@ impl Collector for BoardCollector {
         )?;
         let errors = ErrorCode::ALL.iter().enumerate().map(|(at, code)| {
             let total: u64 = shards.iter().map(|s| s.errors[at]).sum();
-            (vec![("code", code.name().into())], total as f64)
+            (vec![("code", code.name().into())], total)
         });
         family(
             &mut encoder,
@@ -180,7 +170,7 @@ impl Collector for BoardCollector {
         ] {
             family(&mut encoder, name, help, metric_type, per_shard(&shards, value))?;
         }
-        let no_labels = |value: f64| vec![(Labels::new(), value)];
+        let no_labels = |value: u64| vec![(Labels::new(), value)];
         let control = board.control();
         let (snapshot_records, snapshot_sequence) = if control.serving {
             (control.snapshot_records, control.snapshot_sequence)
@@ -249,7 +239,7 @@ impl Collector for BoardCollector {
                 control.compaction_failures,
             ),
         ] {
-            family(&mut encoder, name, help, metric_type, no_labels(value as f64))?;
+            family(&mut encoder, name, help, metric_type, no_labels(value))?;
         }
         let mut service = super::Histogram::default();
         for shard in &shards {
@@ -286,13 +276,14 @@ impl Collector for BoardCollector {
                 None,
             )?;
         }
-        family(
-            &mut encoder,
-            "keyward_uptime_seconds",
-            "Seconds since the server started",
-            gauge,
-            no_labels(board.uptime_seconds()),
-        )?;
+        encoder
+            .encode_descriptor(
+                "keyward_uptime_seconds",
+                "Seconds since the server started",
+                None,
+                gauge,
+            )?
+            .encode_gauge(&board.uptime_seconds())?;
         Ok(())
     }
 }

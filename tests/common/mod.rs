@@ -263,3 +263,22 @@ pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
         &format!("GET {path} HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n"),
     )
 }
+
+/// Whether `program` can be run; when it cannot, the test skips (saying so) unless
+/// KEYWARD_REQUIRE_BASELINES is set, as `.ci/run` sets it after installing `package`.
+pub fn installed(program: &str, package: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("KEYWARD_REQUIRE_BASELINES").is_none(),
+            "{program} is not installed (apt-get install {package})"
+        );
+        eprintln!("skipping: {program} is not installed (apt-get install {package})");
+    }
+    found
+}
