@@ -25,6 +25,9 @@ pub mod opcode {
     pub const STATS: u8 = 0x17;
     pub const COMPACT: u8 = 0x18;
     pub const DERIVE: u8 = 0x19;
+    pub const ADMIN_ADD: u8 = 0x1a;
+    pub const ADMIN_REMOVE: u8 = 0x1b;
+    pub const ADMIN_LIST: u8 = 0x1c;
     pub const OK: u8 = 0x90;
     pub const ERROR: u8 = super::verify_opcode::ERROR;
 
@@ -41,6 +44,9 @@ pub mod opcode {
             STATS => "stats",
             COMPACT => "compact",
             DERIVE => "derive",
+            ADMIN_ADD => "admin_add",
+            ADMIN_REMOVE => "admin_remove",
+            ADMIN_LIST => "admin_list",
             _ => return None,
         })
     }
@@ -54,6 +60,7 @@ pub mod error_code {
     pub const INVALID: u8 = ErrorCode::Invalid as u8;
     pub const CONFLICT: u8 = ErrorCode::Conflict as u8;
     pub const UNAVAILABLE: u8 = ErrorCode::Unavailable as u8;
+    pub const FORBIDDEN: u8 = ErrorCode::Forbidden as u8;
 }
 
 /// Largest control frame body: a 1000-key import with room to spare.
@@ -151,11 +158,29 @@ pub struct ListRequest {
     /// Return keys with ids above this (the previous page's `next`).
     pub after: Option<u64>,
     pub limit: Option<usize>,
+    /// Only keys not used since this Unix time: last used before it, or never used and created
+    /// before it.
+    pub unused_since: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
+
+/// ADMIN_ADD: a new named admin token; the answer holds the token (shown only this once).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminAddRequest {
+    pub name: String,
+    pub role: crate::admins::Role,
+}
+
+/// ADMIN_REMOVE: the named admin's token is refused from the next request on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminRemoveRequest {
+    pub name: String,
+}
 
 /// An admin DERIVE: a token from any key, without its secret.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -184,6 +209,9 @@ pub struct KeyInfo {
     pub status: KeyStatus,
     pub public: bool,
     pub allow: Vec<Cidr>,
+    /// Last use and verify counts (absent when never used since usage was first recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::KeyUsage>,
 }
 
 impl From<&KeyRecord> for KeyInfo {
@@ -200,6 +228,7 @@ impl From<&KeyRecord> for KeyInfo {
             status: record.status,
             public: record.visibility == crate::credential::Visibility::Public,
             allow: record.allow.clone(),
+            usage: None,
         }
     }
 }

@@ -22,6 +22,12 @@ pub struct ServerConfig {
     pub control: SocketAddr,
     /// Metrics listener (`/metrics`, `/healthz`, `/readyz`): `HOST:PORT`, or empty for none.
     pub metrics_listen: String,
+    /// The audit trail's current file is rotated once it holds this many bytes.
+    pub audit_rotate_bytes: u64,
+    /// Log lines as `text` or `json`.
+    pub log_format: crate::logging::Format,
+    /// Least severe log lines written: `error`, `warning`, `info` or `debug`.
+    pub log_level: crate::logging::Level,
     /// Number of shards; 0 means one per available CPU.
     pub shards: usize,
     /// CPUs to pin shards to, in order; empty means the CPUs this process may run on.
@@ -89,6 +95,9 @@ impl Default for ServerConfig {
             listen: Endpoint::Tcp("127.0.0.1:7500".parse().unwrap()),
             control: "127.0.0.1:7501".parse().unwrap(),
             metrics_listen: "127.0.0.1:7502".into(),
+            audit_rotate_bytes: 64 * 1024 * 1024,
+            log_format: crate::logging::Format::Text,
+            log_level: crate::logging::Level::Info,
             shards: 0,
             cpus: Vec::new(),
             connections_per_shard_max: 4096,
@@ -259,6 +268,12 @@ impl ServerConfig {
             u64::MAX,
         )?;
         range("compaction_nice", self.compaction_nice, 0, 19)?;
+        range(
+            "audit_rotate_bytes",
+            self.audit_rotate_bytes,
+            4096,
+            u64::MAX,
+        )?;
         range(
             "token_ttl_max_seconds",
             self.token_ttl_max_seconds,

@@ -365,8 +365,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
 fn warn_if_readable_by_others(path: &Path) {
     if let Ok(metadata) = fs::metadata(path) {
         if metadata.permissions().mode() & 0o077 != 0 {
-            eprintln!(
-                "keyward: warning: {} is readable by group or others; run: chmod 600 {}",
+            crate::log_warn!(
+                "{} is readable by group or others; run: chmod 600 {}",
                 path.display(),
                 path.display()
             );

@@ -30,6 +30,8 @@
 //! | [`throttle`] | rate-limited log lines for what the world can provoke |
 
 pub mod admin;
+pub mod admins;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod control;
@@ -40,6 +42,7 @@ pub mod delta;
 pub mod endpoint;
 pub mod keyset;
 pub mod link;
+pub mod logging;
 pub mod metrics;
 pub mod overlay;
 pub mod protocol;
@@ -52,4 +55,5 @@ pub mod table_stats;
 pub mod table_writer;
 pub mod throttle;
 pub mod token;
+pub mod usage;
 pub mod verify;

@@ -11,6 +11,7 @@
 //! | shard → control | [`Applied`] | the sequence the shard has applied after each message |
 //! | shard → control | [`RevocationRequest`] | a holder revoking its own key on the verify port |
 //! | control → shard | [`RevocationAnswer`] | done (durable and applied everywhere) or not |
+//! | shard → control | [`UsageReport`] | per-key usage tallies, about once a second |
 //!
 //! A side pushes onto a queue, then writes one byte to its end of the doorbell. The shard keeps
 //! a receive on its end armed in its io_uring, so a ring wakes it like any connection's bytes
@@ -75,8 +76,15 @@ pub struct RevocationAnswer {
     pub done: bool,
 }
 
+/// A shard's per-key tallies since its last report (`crate::usage`).
+pub type UsageReport = Vec<(u64, crate::usage::Tally)>;
+/// Usage reports waiting at once; a shard whose report finds the queue full keeps tallying
+/// and tries again on its next report.
+pub const USAGE_REPORTS_WAITING_MAX: usize = 8;
+
 /// The queues of one shard, shared by both ends.
 pub struct Queues {
+    pub usage: ArrayQueue<UsageReport>,
     pub to_shard: ArrayQueue<ShardMessage>,
     pub acks: ArrayQueue<Applied>,
     pub revocations: ArrayQueue<RevocationRequest>,
@@ -140,6 +148,7 @@ pub fn build(shards: usize) -> std::io::Result<(Vec<ShardLink>, Vec<ControlLink>
     let mut control_links = Vec::with_capacity(shards);
     for _ in 0..shards {
         let queues = Arc::new(Queues {
+            usage: ArrayQueue::new(USAGE_REPORTS_WAITING_MAX),
             to_shard: ArrayQueue::new(SHARD_CHANNEL_CAPACITY),
             acks: ArrayQueue::new(SHARD_CHANNEL_CAPACITY),
             revocations: ArrayQueue::new(SHARD_CHANNEL_CAPACITY),

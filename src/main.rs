@@ -43,6 +43,15 @@ struct ServeArgs {
     /// [default: 127.0.0.1:7502]
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Rotate audit.log once it holds this many bytes [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    audit_rotate_bytes: Option<u64>,
+    /// Log lines as text or as JSON objects, one per line [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<keyward::logging::Format>,
+    /// Least severe log lines written [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<keyward::logging::Level>,
     /// Number of shards (one pinned thread each) [default: one per available CPU]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -126,6 +135,9 @@ impl ServeArgs {
             listen,
             control,
             metrics_listen,
+            audit_rotate_bytes,
+            log_format,
+            log_level,
             shards,
             cpus,
             connections_per_shard_max,
@@ -158,7 +170,7 @@ fn main() -> ExitCode {
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("keyward: error: {message}");
+            keyward::log_error!("{message}");
             ExitCode::from(1)
         }
     }
@@ -172,6 +184,7 @@ fn try_main(cli: Cli) -> Result<(), String> {
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     let config = args.into_config().map_err(|e| e.to_string())?;
+    keyward::logging::set(config.log_format, config.log_level);
     let shutdown = Shutdown::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutdown.flag()).map_err(|e| e.to_string())?;
@@ -179,42 +192,46 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let data_dir = config.data_dir.clone();
     let reports = server::run(config, shutdown, |ready| {
         let mut out = std::io::stdout().lock();
+        macro_rules! say {
+            ($($arg:tt)*) => {
+                let _ = out.write_all(
+                    keyward::logging::line(keyward::logging::Level::Info, format_args!($($arg)*))
+                        .as_bytes(),
+                );
+            };
+        }
         if ready.data_dir_created {
-            let _ = writeln!(
-                out,
-                "keyward: created data directory {} (pepper, master key and admin token, mode 0600)",
+            say!(
+                "created data directory {} (pepper, master key and admin token, mode 0600)",
                 data_dir.display()
             );
         }
-        let _ = writeln!(
-            out,
-            "keyward: {} keys loaded from {} (snapshot sequence {}, {} logged changes replayed, now at sequence {})",
+        say!(
+                "{} keys loaded from {} (snapshot sequence {}, {} logged changes replayed, now at sequence {})",
             ready.records,
             data_dir.display(),
             ready.snapshot_sequence,
             ready.replayed_deltas,
             ready.sequence
         );
-        let _ = writeln!(
-            out,
-            "keyward: verify port listening on {} with {} shard(s) on CPU(s) {:?}",
+        say!(
+                "verify port listening on {} with {} shard(s) on CPU(s) {:?}",
             ready.verify_address,
             ready.cpus.len(),
             ready.cpus
         );
-        let _ = writeln!(
-            out,
-            "keyward: control port listening on {} (admin token in {})",
+        say!(
+                "control port listening on {} (admin token in {})",
             ready.control_address,
             data_dir.join(keyward::datadir::ADMIN_TOKEN_FILE).display()
         );
         if let Some(address) = ready.metrics_address {
-            let _ = writeln!(
-                out,
-                "keyward: metrics listening on {address} (http://{address}/metrics, /healthz, /readyz)"
+            say!(
+                "metrics listening on {address} (http://{address}/metrics, /healthz, /readyz)"
             );
         }
-        let _ = writeln!(out, "keyward: press Ctrl-C to stop");
+        say!(
+                "press Ctrl-C to stop");
         let _ = out.flush();
     })
     .map_err(|e| e.to_string())?;
@@ -237,14 +254,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .iter()
         .map(|r| format!("shard {} {}", r.shard, r.connections_accepted))
         .collect();
-    println!(
-        "keyward: stopped; {accepted} connections served ({}); answers: {}",
-        per_shard.join(", "),
-        if answered.is_empty() {
-            "none".to_string()
-        } else {
-            answered.join(", ")
-        }
+    print!(
+        "{}",
+        keyward::logging::line(
+            keyward::logging::Level::Info,
+            format_args!(
+                "stopped; {accepted} connections served ({}); answers: {}",
+                per_shard.join(", "),
+                if answered.is_empty() {
+                    "none".to_string()
+                } else {
+                    answered.join(", ")
+                }
+            )
+        )
     );
     Ok(())
 }

@@ -144,10 +144,13 @@ pub enum ErrorCode {
     /// A frame took longer than the frame timeout to arrive, or the connection was idle past
     /// its idle timeout. Fatal.
     Timeout = 12,
+    /// Control port: the admin token is valid but its role (`read`) may not do this. The
+    /// connection stays open.
+    Forbidden = 13,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadVersion,
         ErrorCode::BadFlags,
         ErrorCode::FrameTooLarge,
@@ -160,6 +163,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
+        ErrorCode::Forbidden,
     ];
 
     pub fn from_u8(value: u8) -> Option<ErrorCode> {
@@ -181,6 +185,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::audit::AuditWriter;
 use crate::config::{ConfigError, ServerConfig};
 use crate::control::{self, ControlSettings, ControlStart};
 use crate::datadir::{DataDir, DataDirError};
@@ -19,6 +20,7 @@ pub use crate::link::Shutdown;
 use crate::metrics::{self, Board};
 use crate::shard::{self, ShardReport, ShardSettings, ShardStart};
 use crate::snapshot::{Snapshot, SnapshotError};
+use crate::usage::UsageStore;
 use crate::verify::Verifier;
 
 /// Why the server could not start or stopped abnormally.
@@ -29,6 +31,12 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Admins(#[from] crate::admins::AdminsError),
+    #[error("cannot open the audit trail: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("cannot open the key-usage journal: {0}")]
+    Usage(#[from] crate::usage::UsageError),
     #[error("cannot load the key table: {0}")]
     Snapshot(#[from] SnapshotError),
     #[error("cannot open the delta log: {0}")]
@@ -85,9 +93,26 @@ pub fn run(
     let log_path = config.data_dir.join(delta::FILE_NAME);
     let (log, replay) = DeltaLog::open(&log_path, snapshot.header().sequence)?;
     if let Some((offset, dropped, reason)) = &replay.cut {
-        eprintln!(
-            "keyward: warning: {}: cut a torn tail at byte offset {offset} ({dropped} bytes dropped: {reason}; nothing valid follows it); every change before it is kept",
+        crate::log_warn!(
+            "{}: cut a torn tail at byte offset {offset} ({dropped} bytes dropped: {reason}; nothing valid follows it); every change before it is kept",
             log_path.display()
+        );
+    }
+    let admins = crate::admins::Admins::load(data_dir.path(), data_dir.admin_token())?;
+    let (audit, opened) = AuditWriter::open(data_dir.path(), config.audit_rotate_bytes)?;
+    if opened.torn_bytes > 0 {
+        crate::log_warn!(
+            "{}: cut a torn last line ({} bytes: a crash in the middle of a write; never acknowledged)",
+            data_dir.path().join(crate::audit::FILE_NAME).display(),
+            opened.torn_bytes
+        );
+    }
+    let (usage_store, usage) = UsageStore::open(data_dir.path())?;
+    if usage.cut_bytes > 0 {
+        crate::log_warn!(
+            "{}: cut {} bytes of a torn or damaged end; the usage counts before it are kept",
+            data_dir.path().join(crate::usage::FILE_NAME).display(),
+            usage.cut_bytes
         );
     }
     let replayed: Arc<Vec<Arc<Delta>>> =
@@ -174,9 +199,7 @@ pub fn run(
             .name(format!("keyward-shard-{index}"))
             .spawn(move || {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                    eprintln!(
-                        "keyward: warning: cannot pin shard {index} to CPU {cpu}; it runs unpinned"
-                    );
+                    crate::log_warn!("cannot pin shard {index} to CPU {cpu}; it runs unpinned");
                 }
                 let start = ShardStart {
                     index,
@@ -202,7 +225,6 @@ pub fn run(
 
     let sequence = replay.last_sequence;
     let control_settings = ControlSettings {
-        admin_token: data_dir.admin_token().to_string(),
         hasher: verifier.hasher().clone(),
         prefixes: verifier.prefixes().clone(),
         master_secret: *data_dir.master_secret(),
@@ -220,6 +242,9 @@ pub fn run(
         listener_fd: control_listener.into_raw_fd(),
         snapshot: snapshot.clone(),
         log,
+        audit,
+        admins,
+        usage: (usage_store, usage.usage),
         replayed: replayed.clone(),
         links: control_links,
         board: board.clone(),
@@ -417,12 +442,14 @@ fn raise_file_limit(config: &ServerConfig, shards: usize) {
         + FILES_RESERVED
         + FILES_RESERVED_PER_SHARD * shards as u64;
     if needed > limit.rlim_cur {
-        eprintln!(
-            "keyward: warning: the open-files limit is {} (hard limit {}), but {shards} shard(s) x \
+        crate::log_warn!(
+            "the open-files limit is {} (hard limit {}), but {shards} shard(s) x \
              connections_per_shard_max {} = {connections} connections need about {needed}; \
              past the limit new connections get `busy`. Raise it (ulimit -n, LimitNOFILE=) or \
              lower connections_per_shard_max",
-            limit.rlim_cur, limit.rlim_max, config.connections_per_shard_max
+            limit.rlim_cur,
+            limit.rlim_max,
+            config.connections_per_shard_max
         );
     }
 }
@@ -446,8 +473,8 @@ fn wait_until_free(address: SocketAddr, retry: Duration) -> Result<(), ServerErr
             Ok(()) => {
                 let waited = started.elapsed();
                 if waited >= BIND_RETRY_PAUSE {
-                    eprintln!(
-                        "keyward: {address} was still held (by a server just stopped?); bound after {} ms",
+                    crate::log_info!(
+                        "{address} was still held (by a server just stopped?); bound after {} ms",
                         waited.as_millis()
                     );
                 }

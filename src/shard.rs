@@ -24,7 +24,8 @@ use crate::overlay::{Overlay, TableView};
 use crate::protocol::{self, ErrorCode, Request, RequestKind, Status};
 use crate::record::UnixSeconds;
 use crate::snapshot::Snapshot;
-use crate::verify::{self, Verifier};
+use crate::usage::{Tallies, REPORT_INTERVAL};
+use crate::verify::{self, Verdict, Verifier};
 
 /// Requests of one receive decoded ahead of answering, so their table entries can be
 /// prefetched together (see `prefetch`).
@@ -100,6 +101,9 @@ struct Shard {
     metrics: ShardMetrics,
     /// Requests answered in the current turn (for the service-time histogram).
     answered_in_turn: u64,
+    /// Per-key usage since the last report, and when that was.
+    tallies: Tallies,
+    reported: Instant,
 }
 
 /// Serves on the calling thread (pinned by the caller) until `shutdown`; returns the counters.
@@ -148,6 +152,8 @@ pub fn serve(
         board,
         metrics: ShardMetrics::default(),
         answered_in_turn: 0,
+        tallies: Tallies::default(),
+        reported: Instant::now(),
     };
     let stop = shutdown.flag();
     let result = turn::serve(listener_fd, turn_settings, &stop, &mut shard);
@@ -280,6 +286,29 @@ impl Service for Shard {
         published.count_errors(ErrorCode::Busy, report.busy_sent);
         published.count_errors(ErrorCode::Timeout, report.timeouts_sent);
         self.board.publish_shard(self.index, &published);
+        self.report_usage();
+    }
+}
+
+/// Counts a verify for its key's usage, when the key's secret matched (a token's counts for
+/// its parent key).
+fn tally(tallies: &mut Tallies, verdict: &Verdict<'_>, now: UnixSeconds) {
+    let Some(record) = &verdict.record else {
+        return;
+    };
+    let tally = tallies.entry(record.id().0).or_default();
+    tally.last_used = now.0;
+    match verdict.status {
+        Status::Valid => tally.valid += 1,
+        status => {
+            tally.refused += 1;
+            match status {
+                Status::Revoked => tally.revoked += 1,
+                Status::AddressDenied => tally.address_denied += 1,
+                Status::TenantMismatch => tally.tenant_mismatch += 1,
+                _ => {}
+            }
+        }
     }
 }
 
@@ -292,6 +321,20 @@ const OPERATION_REVOKE_SELF: usize = 4;
 const OPERATION_UNKNOWN: usize = 5;
 
 impl Shard {
+    /// Hands the usage tallies to the control plane, at most once per [`REPORT_INTERVAL`]. A
+    /// full queue (the control plane is behind) leaves them here to grow until the next try.
+    fn report_usage(&mut self) {
+        if self.tallies.is_empty() || self.reported.elapsed() < REPORT_INTERVAL {
+            return;
+        }
+        self.reported = Instant::now();
+        let report: Vec<_> = self.tallies.iter().map(|(id, t)| (*id, *t)).collect();
+        if self.link.queues.usage.push(report).is_ok() {
+            self.tallies.clear();
+            self.link.ring();
+        }
+    }
+
     /// Applies one message from the control plane, in order, on this core.
     fn apply(&mut self, message: ShardMessage) {
         match message {
@@ -367,6 +410,7 @@ impl Shard {
                 let verdict = self.verifier.verify(&table, &verify, self.now);
                 self.by_status[verdict.status as usize] += 1;
                 self.metrics.count_verify(verdict.status, verdict.kind);
+                tally(&mut self.tallies, &verdict, self.now);
                 verify::put_verdict_frame(out, request_id, &verdict);
             }
             RequestKind::VerifyBatch(items, count) => {
@@ -380,11 +424,13 @@ impl Shard {
                 let now = self.now;
                 let by_status = &mut self.by_status;
                 let metrics = &mut self.metrics;
+                let tallies = &mut self.tallies;
                 verify::put_batch_frame(out, request_id, count, || {
                     let item = items.next().expect("checked count").expect("checked item");
                     let verdict = verifier.verify(&table, &item, now);
                     by_status[verdict.status as usize] += 1;
                     metrics.count_verify(verdict.status, verdict.kind);
+                    tally(tallies, &verdict, now);
                     verdict
                 });
             }

@@ -15,7 +15,7 @@ pub struct Throttled {
 }
 
 impl Throttled {
-    /// Prints `keyward: <line>` on stderr unless a line was printed less than
+    /// Logs `line` as a warning unless a line was printed less than
     /// [`LOG_INTERVAL`] ago; then only counts it, and the next line says how many were held back.
     pub fn log(&self, line: impl FnOnce() -> String) {
         let now = Instant::now();
@@ -29,9 +29,9 @@ impl Throttled {
         }
         self.last.set(Some(now));
         match self.suppressed.replace(0) {
-            0 => eprintln!("keyward: {}", line()),
-            held => eprintln!(
-                "keyward: {} ({held} more like it in the last {} s were not logged)",
+            0 => crate::log_warn!("{}", line()),
+            held => crate::log_warn!(
+                "{} ({held} more like it in the last {} s were not logged)",
                 line(),
                 LOG_INTERVAL.as_secs()
             ),

@@ -1,6 +1,13 @@
 //! Group commit: every change waiting at the start of a round is appended to the delta log in
 //! one write and made durable with one fsync, then sent to every shard, and acknowledged once
-//! every shard reports it applied.
+//! every shard reports it applied. The round's audit lines (docs/FORMATS.md, "audit.log") are
+//! appended and fsynced first, in the same round: a change that is durable in the log has its
+//! line, and an acknowledged one certainly has.
+//!
+//! A log or audit trail that cannot be written (a full or failing disk) stops changes, not the
+//! server: the round's requests are answered `unavailable`, every later change is refused, and
+//! `/readyz` says why. Verification goes on from what was durable. Restarting is the way back,
+//! since after a failed fsync the file's state on disk is not known.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -9,57 +16,134 @@ use std::time::Instant;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use super::shards::ShardEnd;
-use super::{compaction, Control, View};
+use super::{compaction, Caller, Control, Refusal, View};
+use crate::audit::{AuditWriter, Entry};
 use crate::delta::{self, Delta, DeltaKind, DeltaLog};
 use crate::link::{Applied, ShardMessage, COMMIT_ROUND_JOBS_MAX};
+use crate::protocol::ErrorCode;
 use crate::record::KeyRecord;
 use crate::snapshot::Snapshot;
 
-/// The exit code when the log cannot be made durable: continuing would acknowledge changes that
-/// a crash could lose.
-const EXIT_LOG_FAILED: i32 = 70;
+/// The files the committer writes, taken together off the executor for each write.
+pub(super) struct Files {
+    pub log: DeltaLog,
+    pub audit: AuditWriter,
+}
 
-/// Work for the committer, answered on `done` once finished.
+/// Work for the committer, answered on `done` once finished: `true` when it was carried out,
+/// `false` when the files could not be written.
 pub(super) enum Job {
-    /// Make this delta durable and apply it on every shard.
+    /// Make this delta durable with its audit line, and apply it on every shard.
     Commit {
         delta: Arc<Delta>,
         encoded: Vec<u8>,
-        done: LocalSender<()>,
+        audit: Entry,
+        done: LocalSender<bool>,
         /// When the request handed it over (for the acknowledgement latency).
         queued: Instant,
     },
+    /// Append an audit line that describes no change (a refusal, a read, a security event);
+    /// `done`, when given, is answered once it is durable.
+    Audit {
+        entry: Entry,
+        done: Option<LocalSender<bool>>,
+    },
     /// Answer once everything queued before it is durable and applied.
-    Barrier { done: LocalSender<()> },
+    Barrier { done: LocalSender<bool> },
     /// Make this snapshot the base on the control plane and every shard.
     Switch {
         snapshot: Arc<Snapshot>,
-        done: LocalSender<()>,
+        done: LocalSender<bool>,
     },
 }
 
-/// Queues a job and waits until the committer has finished it.
-pub(super) async fn submit(control: &Control, make: impl FnOnce(LocalSender<()>) -> Job) {
+impl Job {
+    fn answer(self, carried_out: bool) {
+        let done = match self {
+            Job::Commit { done, .. } | Job::Barrier { done } | Job::Switch { done, .. } => done,
+            Job::Audit { done, .. } => match done {
+                Some(done) => done,
+                None => return,
+            },
+        };
+        let _ = done.try_send(carried_out);
+    }
+}
+
+/// The refusal for a change asked for after the files failed.
+pub(super) fn broken_refusal(control: &Control) -> Refusal {
+    let why = control.broken.borrow().clone().unwrap_or_default();
+    Refusal::new(
+        ErrorCode::Unavailable,
+        format!("changes are refused until the server is restarted: {why}"),
+    )
+}
+
+/// Queues a job and waits until the committer has finished it: `false` when it could not be.
+pub(super) async fn submit(control: &Control, make: impl FnOnce(LocalSender<bool>) -> Job) -> bool {
+    if control.broken.borrow().is_some() {
+        return false;
+    }
     let (done, finished) = local_channel::new_bounded(1);
     control.queue.borrow_mut().push_back(make(done));
     let _ = control.wake.try_send(());
-    let _ = finished.recv().await;
+    finished.recv().await.unwrap_or(false)
+}
+
+/// Queues an audit line and returns at once; it is written in the next round.
+pub(super) fn audit_later(control: &Control, entry: Entry) {
+    control
+        .queue
+        .borrow_mut()
+        .push_back(Job::Audit { entry, done: None });
+    let _ = control.wake.try_send(());
+}
+
+/// Writes an audit line and waits until it is durable.
+pub(super) async fn audit_now(control: &Control, entry: Entry) -> Result<(), Refusal> {
+    if submit(control, |done| Job::Audit {
+        entry,
+        done: Some(done),
+    })
+    .await
+    {
+        Ok(())
+    } else {
+        Err(broken_refusal(control))
+    }
 }
 
 /// Waits until every change queued before this call is durable and applied everywhere.
-pub(super) async fn barrier(control: &Control) {
-    submit(control, |done| Job::Barrier { done }).await;
+pub(super) async fn barrier(control: &Control) -> Result<(), Refusal> {
+    if submit(control, |done| Job::Barrier { done }).await {
+        Ok(())
+    } else {
+        Err(broken_refusal(control))
+    }
 }
 
-/// Commits a delta made by [`assign`] and waits for it to be durable and applied everywhere.
-pub(super) async fn commit(control: &Control, (delta, encoded): (Arc<Delta>, Vec<u8>)) {
-    submit(control, |done| Job::Commit {
+/// Commits a delta made by [`assign`] with its audit line (on behalf of `caller`, for the
+/// request named `op`) and waits for it to be durable and applied everywhere.
+pub(super) async fn commit(
+    control: &Control,
+    caller: &Caller,
+    op: &str,
+    (delta, encoded): (Arc<Delta>, Vec<u8>),
+) -> Result<(), Refusal> {
+    let audit = caller.entry_for(op, &delta);
+    if submit(control, |done| Job::Commit {
         delta,
         encoded,
+        audit,
         done,
         queued: Instant::now(),
     })
-    .await;
+    .await
+    {
+        Ok(())
+    } else {
+        Err(broken_refusal(control))
+    }
 }
 
 /// Assigns the next sequence to a delta over `records`, applies it to the view, and returns it
@@ -108,17 +192,41 @@ pub(super) async fn committer(
                 break;
             }
             let mut bytes = Vec::new();
+            let mut lines = Vec::new();
             for job in &jobs {
-                if let Job::Commit { encoded, .. } = job {
-                    bytes.extend_from_slice(encoded);
+                match job {
+                    Job::Commit { encoded, audit, .. } => {
+                        bytes.extend_from_slice(encoded);
+                        lines.push(audit.clone());
+                    }
+                    Job::Audit { entry, .. } => lines.push(entry.clone()),
+                    Job::Barrier { .. } | Job::Switch { .. } => {}
                 }
             }
-            if !bytes.is_empty() {
+            if !bytes.is_empty() || !lines.is_empty() {
                 let syncing = Instant::now();
-                with_log(&control, "make the delta log durable", move |log| {
-                    log.append_durable(&bytes)
-                })
+                let written = with_files(
+                    &control,
+                    "make the audit trail and delta log durable",
+                    move |files| {
+                        files
+                            .audit
+                            .append(lines)
+                            .map_err(|e| format!("audit.log: {e}"))?;
+                        if bytes.is_empty() {
+                            return Ok(());
+                        }
+                        files.log.append_durable(&bytes).map_err(|e| e.to_string())
+                    },
+                )
                 .await;
+                if !written {
+                    for job in jobs {
+                        job.answer(false);
+                    }
+                    control.publish_metrics();
+                    continue;
+                }
                 let seconds = syncing.elapsed().as_secs_f64();
                 control
                     .metrics
@@ -138,6 +246,7 @@ pub(super) async fn committer(
                         encoded,
                         done,
                         queued,
+                        ..
                     } => {
                         queued_at.push(queued);
                         assert_eq!(delta.sequence, last_sent + 1, "deltas are sent in order");
@@ -149,6 +258,10 @@ pub(super) async fn committer(
                         waiting.push(done);
                         ShardMessage::Apply(delta)
                     }
+                    Job::Audit { done, .. } => {
+                        waiting.extend(done);
+                        continue;
+                    }
                     Job::Barrier { done } => {
                         waiting.push(done);
                         continue;
@@ -158,7 +271,11 @@ pub(super) async fn committer(
                             snapshot.header().sequence <= last_sent,
                             "a snapshot switched to never includes more than was sent"
                         );
-                        compaction::switch_snapshot(&control, &snapshot).await;
+                        let switched = compaction::switch_snapshot(&control, &snapshot).await;
+                        if !switched {
+                            let _ = done.try_send(false);
+                            continue;
+                        }
                         waiting.push(done);
                         ShardMessage::Switch(snapshot)
                     }
@@ -187,7 +304,7 @@ pub(super) async fn committer(
                 durable.applied = applied;
             }
             for done in waiting {
-                let _ = done.try_send(());
+                let _ = done.try_send(true);
             }
             {
                 let mut metrics = control.metrics.borrow_mut();
@@ -220,31 +337,33 @@ fn take_round(control: &Control) -> Vec<Job> {
     jobs
 }
 
-/// Runs blocking work on the delta log off the executor thread. A log that cannot be written
-/// stops the server: carrying on would acknowledge changes a crash could lose.
-pub(super) async fn with_log(
+/// Runs blocking work on the delta log and audit trail off the executor thread: `false` when
+/// it failed, after which the control plane refuses every change (see the module's note).
+pub(super) async fn with_files(
     control: &Control,
     what: &'static str,
-    work: impl FnOnce(&mut DeltaLog) -> Result<(), delta::LogError> + Send + 'static,
-) {
-    let log = control
-        .durable
-        .borrow_mut()
-        .log
-        .take()
-        .expect("log present");
-    let (log, result) = glommio::executor()
+    work: impl FnOnce(&mut Files) -> Result<(), String> + Send + 'static,
+) -> bool {
+    let Some(files) = control.durable.borrow_mut().files.take() else {
+        return false; // an earlier write failed
+    };
+    let (files, result) = glommio::executor()
         .spawn_blocking(move || {
-            let mut log = log;
-            let result = work(&mut log);
-            (log, result)
+            let mut files = files;
+            let result = work(&mut files);
+            (files, result)
         })
         .await;
     if let Err(error) = result {
-        eprintln!("keyward: fatal: cannot {what}: {error}");
-        std::process::exit(EXIT_LOG_FAILED);
+        let why = format!("cannot {what}: {error}");
+        crate::log_error!("{why}; changes are refused from now on, verification goes on; restart the server once the disk is fixed");
+        *control.broken.borrow_mut() = Some(why);
+        return false;
     }
     let mut durable = control.durable.borrow_mut();
-    durable.log_bytes = log.bytes();
-    durable.log = Some(log);
+    durable.log_bytes = files.log.bytes();
+    durable.audit_lines = files.audit.lines();
+    durable.audit_head = files.audit.head().to_string();
+    durable.files = Some(files);
+    true
 }

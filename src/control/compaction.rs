@@ -80,8 +80,8 @@ pub(super) fn maybe_start(control: &Rc<Control>) {
                 .map_or(Duration::ZERO, |at| {
                     at.saturating_duration_since(Instant::now())
                 });
-            eprintln!(
-                "keyward: {}; next automatic try in {} s",
+            crate::log_warn!(
+                "{}; next automatic try in {} s",
                 refusal.message,
                 wait.as_secs().max(1)
             );
@@ -133,7 +133,7 @@ pub(super) async fn run(control: &Rc<Control>) -> Outcome {
 }
 
 async fn build_and_switch(control: &Rc<Control>) -> Outcome {
-    commit::barrier(control).await;
+    commit::barrier(control).await?;
     let (base, deltas) = {
         let durable = control.durable.borrow();
         let deltas: Vec<Arc<Delta>> = durable.committed.iter().map(|(d, _)| d.clone()).collect();
@@ -178,7 +178,9 @@ async fn build_and_switch(control: &Rc<Control>) -> Outcome {
     })?;
     let records = snapshot.header().record_count;
     let bytes = snapshot.header().body_bytes + snapshot::HEADER_BYTES as u64;
-    commit::submit(control, |done| Job::Switch { snapshot, done }).await;
+    if !commit::submit(control, |done| Job::Switch { snapshot, done }).await {
+        return Err(commit::broken_refusal(control));
+    }
     Ok(json!({
         "snapshot_sequence": sequence,
         "records": records,
@@ -261,7 +263,9 @@ fn build(
 
 /// Makes a new snapshot the base: rewrites the log to hold only newer deltas, drops what the
 /// snapshot includes from the control plane's overlay.
-pub(super) async fn switch_snapshot(control: &Control, snapshot: &Arc<Snapshot>) {
+/// Makes `snapshot` the control plane's base and shortens the log: `false` when the log could
+/// not be rewritten (changes are refused from then on).
+pub(super) async fn switch_snapshot(control: &Control, snapshot: &Arc<Snapshot>) -> bool {
     let included = snapshot.header().sequence;
     let keep = {
         let mut durable = control.durable.borrow_mut();
@@ -281,13 +285,17 @@ pub(super) async fn switch_snapshot(control: &Control, snapshot: &Arc<Snapshot>)
             .collect();
         keep
     };
-    commit::with_log(
+    let rewritten = commit::with_files(
         control,
         "rewrite the delta log after compaction",
-        move |log| log.rewrite(&keep),
+        move |files| files.log.rewrite(&keep).map_err(|e| e.to_string()),
     )
     .await;
+    if !rewritten {
+        return false;
+    }
     let mut view = control.view.borrow_mut();
     view.snapshot = snapshot.clone();
     view.overlay.drop_through(included);
+    true
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use serde_json::json;
 
 use super::commit::{self, assign};
-use super::{Control, ControlSettings, Outcome, Refusal, View};
+use super::{Caller, Control, ControlSettings, Outcome, Refusal, View};
 use crate::admin::{
     self, ImportRequest, IssueRequest, KeyInfo, KeySpec, RevokeRequest, RotateRequest,
     UpdateRequest,
@@ -57,7 +57,11 @@ fn idempotent_secret(master: &[u8; 32], id: KeyId, idempotency_key: &str) -> Sec
     Secret(*hasher.finalize().as_bytes())
 }
 
-pub(super) async fn issue(control: &Rc<Control>, request: IssueRequest) -> Outcome {
+pub(super) async fn issue(
+    control: &Rc<Control>,
+    caller: &Caller,
+    request: IssueRequest,
+) -> Outcome {
     let now = UnixSeconds::now();
     let mut record = record_from_spec(&request.spec, now)?;
     let idempotency_key = request.idempotency_key.unwrap_or_default();
@@ -104,14 +108,18 @@ pub(super) async fn issue(control: &Rc<Control>, request: IssueRequest) -> Outco
         }
     };
     match pending {
-        Some(pending) => commit::commit(control, pending).await,
+        Some(pending) => commit::commit(control, caller, "issue", pending).await?,
         // The key exists, but its delta may still be on its way: wait for everything before us.
-        None => commit::barrier(control).await,
+        None => commit::barrier(control).await?,
     }
     Ok(json!({ "credential": credential, "key": info, "replayed": replayed }))
 }
 
-pub(super) async fn import(control: &Rc<Control>, request: ImportRequest) -> Outcome {
+pub(super) async fn import(
+    control: &Rc<Control>,
+    caller: &Caller,
+    request: ImportRequest,
+) -> Outcome {
     if request.keys.is_empty() || request.keys.len() > admin::IMPORT_ITEMS_MAX {
         return Err(Refusal::invalid(format!(
             "an import holds 1 to {} keys",
@@ -195,7 +203,7 @@ pub(super) async fn import(control: &Rc<Control>, request: ImportRequest) -> Out
         (!records.is_empty()).then(|| assign(&mut view, DeltaKind::Import, String::new(), records))
     };
     if let Some(pending) = pending {
-        commit::commit(control, pending).await;
+        commit::commit(control, caller, "import", pending).await?;
     }
     let imported = results.iter().filter(|r| r["ok"] == true).count();
     Ok(json!({ "imported": imported, "results": results }))
@@ -240,7 +248,11 @@ pub(super) fn locate(
     }
 }
 
-pub(super) async fn revoke(control: &Rc<Control>, request: RevokeRequest) -> Outcome {
+pub(super) async fn revoke(
+    control: &Rc<Control>,
+    caller: &Caller,
+    request: RevokeRequest,
+) -> Outcome {
     if request.reason.len() > delta::NOTE_BYTES_MAX {
         return Err(Refusal::invalid("reason is longer than 1024 bytes"));
     }
@@ -270,14 +282,18 @@ pub(super) async fn revoke(control: &Rc<Control>, request: RevokeRequest) -> Out
         }
     };
     match pending {
-        Some(pending) => commit::commit(control, pending).await,
+        Some(pending) => commit::commit(control, caller, "revoke", pending).await?,
         // Revoked already, perhaps by a change still in flight: answer once it is everywhere.
-        None => commit::barrier(control).await,
+        None => commit::barrier(control).await?,
     }
     Ok(json!({ "key": info, "already_revoked": already }))
 }
 
-pub(super) async fn rotate(control: &Rc<Control>, request: RotateRequest) -> Outcome {
+pub(super) async fn rotate(
+    control: &Rc<Control>,
+    caller: &Caller,
+    request: RotateRequest,
+) -> Outcome {
     let now = UnixSeconds::now();
     let settings = &control.settings;
     let (delta, encoded, credential, old_info, new_info) = {
@@ -339,11 +355,15 @@ pub(super) async fn rotate(control: &Rc<Control>, request: RotateRequest) -> Out
         let (delta, encoded) = assign(&mut view, DeltaKind::Rotate, note, vec![old, successor]);
         (delta, encoded, credential, old_info, new_info)
     };
-    commit::commit(control, (delta, encoded)).await;
+    commit::commit(control, caller, "rotate", (delta, encoded)).await?;
     Ok(json!({ "credential": credential, "key": new_info, "previous": old_info }))
 }
 
-pub(super) async fn update(control: &Rc<Control>, request: UpdateRequest) -> Outcome {
+pub(super) async fn update(
+    control: &Rc<Control>,
+    caller: &Caller,
+    request: UpdateRequest,
+) -> Outcome {
     let (delta, encoded, info) = {
         let mut view = control.view.borrow_mut();
         let mut record = view
@@ -365,6 +385,6 @@ pub(super) async fn update(control: &Rc<Control>, request: UpdateRequest) -> Out
         let (delta, encoded) = assign(&mut view, DeltaKind::Update, String::new(), vec![record]);
         (delta, encoded, info)
     };
-    commit::commit(control, (delta, encoded)).await;
+    commit::commit(control, caller, "update", (delta, encoded)).await?;
     Ok(json!({ "key": info }))
 }

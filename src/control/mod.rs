@@ -10,6 +10,8 @@
 //! | `compaction.rs` | building a new snapshot and switching every shard to it |
 //! | `self_service.rs` | revocations asked for on the verify port by a key's holder |
 //! | `shards.rs` | the control plane's ends of the links to the shards |
+//! | `admins.rs` | adding, removing and listing named admin tokens |
+//! | `usage.rs` | per-key usage and verify-side security events from the shards |
 //!
 //! A change goes through three steps:
 //! 1. the request is checked against the control plane's view (snapshot + its own overlay) and
@@ -20,6 +22,7 @@
 //! 3. only then is the change acknowledged. So after an acknowledged REVOKE no shard answers
 //!    "valid" for that key again, and after a restart the log replays it.
 
+mod admins;
 mod commit;
 mod compaction;
 mod keys;
@@ -27,8 +30,9 @@ mod port;
 mod queries;
 mod self_service;
 mod shards;
+mod usage;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::path::PathBuf;
@@ -39,6 +43,8 @@ use std::time::{Duration, Instant};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpListener;
 
+use crate::admins::Admins;
+use crate::audit::{AuditWriter, Entry};
 use crate::credential::{Hasher, KeyId, Prefixes};
 use crate::delta::{self, Delta, DeltaLog};
 use crate::link::{ControlLink, Shutdown};
@@ -58,7 +64,6 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
 /// The control plane's fixed settings.
 pub struct ControlSettings {
-    pub admin_token: String,
     pub hasher: Hasher,
     pub prefixes: Prefixes,
     pub master_secret: [u8; 32],
@@ -81,6 +86,13 @@ pub struct ControlStart {
     pub listener_fd: RawFd,
     pub snapshot: Arc<Snapshot>,
     pub log: DeltaLog,
+    pub audit: AuditWriter,
+    pub admins: Admins,
+    /// Per-key usage as persisted, and where to keep it.
+    pub usage: (
+        crate::usage::UsageStore,
+        HashMap<u64, crate::usage::KeyUsage>,
+    ),
     pub replayed: Arc<Vec<Arc<Delta>>>,
     /// The control plane's ends of each shard's channels.
     pub links: Vec<ControlLink>,
@@ -131,7 +143,11 @@ struct Durable {
     committed: Vec<(Arc<Delta>, Vec<u8>)>,
     /// Key records carried by `committed`: what the overlays hold beyond the snapshot.
     changes: u64,
-    log: Option<DeltaLog>,
+    /// Taken by each write (`commit::with_files`); absent after a write failed.
+    files: Option<commit::Files>,
+    /// Lines in the audit trail, and the hash of the last one.
+    audit_lines: u64,
+    audit_head: String,
     /// The sequence every shard has applied.
     applied: u64,
     log_bytes: u64,
@@ -149,6 +165,64 @@ struct Control {
     /// Where the control plane leaves its figures for the metrics exporter, and its counters.
     board: Arc<Board>,
     metrics: RefCell<ControlMetrics>,
+    admins: RefCell<Admins>,
+    /// Why changes are refused, once the delta log or audit trail could not be written.
+    broken: RefCell<Option<String>>,
+    usage: usage::State,
+}
+
+/// Who asked for a request: the admin's name and the connection's peer, for the audit trail.
+pub(super) struct Caller {
+    pub actor: String,
+    pub client: Option<String>,
+    /// Set once the request's audit line is queued with its change.
+    audited: Cell<bool>,
+    /// What the request's own audit line should add (an admin's name, a revocation's reason).
+    detail: RefCell<Option<serde_json::Value>>,
+}
+
+impl Caller {
+    pub(super) fn new(actor: &str, client: Option<String>) -> Caller {
+        Caller {
+            actor: actor.to_string(),
+            client,
+            audited: Cell::new(false),
+            detail: RefCell::new(None),
+        }
+    }
+
+    /// Adds `detail` to the request's audit line.
+    pub(super) fn note(&self, detail: serde_json::Value) {
+        *self.detail.borrow_mut() = Some(detail);
+    }
+
+    /// An audit entry for a request `op` of this caller, with `outcome`.
+    pub(super) fn entry(&self, op: &str, outcome: &str) -> Entry {
+        let mut entry = Entry::now(&self.actor, op, outcome);
+        entry.client = self.client.clone();
+        entry.detail = self.detail.borrow().clone();
+        entry
+    }
+
+    /// The audit entry of a committed change: its keys, tenant and sequence.
+    fn entry_for(&self, op: &str, delta: &Delta) -> Entry {
+        self.audited.set(true);
+        let mut entry = self.entry(op, "ok");
+        entry.seq = Some(delta.sequence);
+        match delta.records.as_slice() {
+            [one] => entry.key = Some(one.id.0),
+            many => entry.keys = many.iter().map(|r| r.id.0).collect(),
+        }
+        entry.tenant = delta
+            .records
+            .first()
+            .map(|r| r.tenant.clone())
+            .filter(|t| !t.is_empty());
+        if !delta.note.is_empty() && entry.detail.is_none() {
+            entry.detail = Some(serde_json::json!({ "note": delta.note }));
+        }
+        entry
+    }
 }
 
 impl Control {
@@ -166,7 +240,10 @@ impl Control {
             metrics.snapshot_records = durable.snapshot.header().record_count;
             metrics.log_bytes = durable.log_bytes;
             metrics.log_changes = durable.changes;
+            metrics.audit_lines = durable.audit_lines;
         }
+        metrics.broken = self.broken.borrow().clone();
+        metrics.usage_keys = self.usage.keys() as u64;
         metrics.compactions = self.compaction.finished();
         self.board.publish_control(&metrics);
     }
@@ -198,14 +275,13 @@ type Outcome = Result<serde_json::Value, Refusal>;
 
 /// The control plane's main future.
 pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shutdown) {
-    assert!(
-        crate::datadir::check_admin_token(&settings.admin_token).is_ok(),
-        "the data directory hands over only a checked admin token"
-    );
     let ControlStart {
         listener_fd,
         snapshot,
         log,
+        audit,
+        admins,
+        usage,
         replayed,
         links,
         board,
@@ -252,7 +328,9 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
             snapshot,
             committed,
             log_bytes: log.bytes(),
-            log: Some(log),
+            audit_lines: audit.lines(),
+            audit_head: audit.head().to_string(),
+            files: Some(commit::Files { log, audit }),
             applied: assigned,
         }),
         queue: RefCell::new(VecDeque::new()),
@@ -265,11 +343,27 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
             serving: true,
             ..Default::default()
         }),
+        admins: RefCell::new(admins),
+        broken: RefCell::new(None),
+        usage: usage::State::new(usage),
     });
     control.publish_metrics();
 
     let (ends, receivers) = shards::connect(&control, links);
+    commit::audit_later(&control, start_entry(assigned, replayed.len()));
     glommio::spawn_local(commit::committer(control.clone(), wakeups, ends, receivers)).detach();
+    glommio::spawn_local(usage::every_interval(control.clone())).detach();
     let running = port::accept_loop(&listener, &control);
     futures_lite::future::or(running, shutdown.triggered(SHUTDOWN_POLL)).await;
+}
+
+/// The audit line of a start: the version and the sequence the server starts from.
+fn start_entry(sequence: u64, replayed: usize) -> Entry {
+    let mut entry = Entry::now("keyward", "start", "ok");
+    entry.seq = Some(sequence);
+    entry.detail = Some(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "replayed_deltas": replayed,
+    }));
+    entry
 }

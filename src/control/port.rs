@@ -18,16 +18,18 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
-use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
-
-use super::{compaction, keys, queries, Control, Outcome, Refusal, CONTROL_CONNECTIONS_MAX};
+use super::{
+    admins, commit, compaction, keys, queries, Caller, Control, Outcome, Refusal,
+    CONTROL_CONNECTIONS_MAX,
+};
 use crate::admin::{self, opcode};
+use crate::admins::{Actor, Role};
 use crate::datadir::ADMIN_TOKEN_BYTES_MAX;
 use crate::protocol::{self, ErrorCode, HEADER_BYTES};
 use crate::throttle::Throttled;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use serde::de::DeserializeOwned;
 
 /// Most bytes a connection reads before its admin token has been checked.
 pub const UNAUTHENTICATED_BYTES_MAX: usize = HEADER_BYTES + 1 + ADMIN_TOKEN_BYTES_MAX;
@@ -179,6 +181,7 @@ async fn serve_connection(
     number: u64,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let peer = stream.peer_addr().ok();
     let settings = &control.settings;
     let frame_ms = settings.frame_timeout.as_millis();
     loop {
@@ -227,17 +230,20 @@ async fn serve_connection(
         let token_bytes = usize::from(token_length[0]).min(body_bytes - 1);
         let mut token = [0u8; ADMIN_TOKEN_BYTES_MAX];
         read_or_close!(&mut token[..token_bytes], request_id);
-        let expected = settings.admin_token.as_bytes();
         let claimed = usize::from(token_length[0]);
-        if claimed != token_bytes || !bool::from(token[..token_bytes].ct_eq(expected)) {
+        let actor = (claimed == token_bytes)
+            .then(|| control.admins.borrow().authenticate(&token[..token_bytes]))
+            .flatten();
+        let Some(actor) = actor else {
+            control.usage.unauthorized(peer.map(|p| p.ip()));
             let rest = body_bytes - 1 - token_bytes;
             return unauthorized(&mut stream, request_id, rest, deadline).await;
-        }
+        };
         control.connections.authenticated(number);
         let mut json = vec![0u8; body_bytes - 1 - token_bytes];
         read_or_close!(&mut json, request_id);
         let mut out = Vec::new();
-        match dispatch(control, header.opcode, &json).await {
+        match dispatch(control, &actor, peer, header.opcode, &json).await {
             Ok(value) => {
                 let json = serde_json::to_vec(&value).expect("JSON values serialize");
                 protocol::put_header(&mut out, opcode::OK, request_id, json.len());
@@ -275,14 +281,97 @@ async fn unauthorized(
     close_with(stream, request_id, ErrorCode::Unauthorized, message).await
 }
 
-/// Parses and runs one authenticated request.
-async fn dispatch(control: &Rc<Control>, opcode: u8, json: &[u8]) -> Outcome {
+/// Requests that change something: only an admin with the `write` role may make them.
+fn changes_something(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        opcode::ISSUE
+            | opcode::IMPORT
+            | opcode::REVOKE
+            | opcode::ROTATE
+            | opcode::UPDATE
+            | opcode::COMPACT
+            | opcode::ADMIN_ADD
+            | opcode::ADMIN_REMOVE
+    )
+}
+
+/// Checks the admin's role, runs one authenticated request, and sees that it has its audit
+/// line: a change's goes with its delta (in the same group commit); a refusal's, an admin
+/// change's and a no-op change's are made durable before the answer; a read's is written in
+/// the next round.
+async fn dispatch(
+    control: &Rc<Control>,
+    actor: &Actor,
+    peer: Option<std::net::SocketAddr>,
+    opcode: u8,
+    json: &[u8],
+) -> Outcome {
+    let op = opcode::name(opcode).unwrap_or("unknown");
+    let caller = Caller::new(&actor.name, peer.map(|p| p.to_string()));
+    let writes = changes_something(opcode);
+    let outcome = if writes && actor.role != Role::Write {
+        Err(Refusal::new(
+            ErrorCode::Forbidden,
+            format!(
+                "the admin {:?} has the read role: it cannot {op}",
+                actor.name
+            ),
+        ))
+    } else if writes && control.broken.borrow().is_some() {
+        Err(commit::broken_refusal(control))
+    } else {
+        run(control, &caller, opcode, json).await
+    };
+    if caller.audited.get() {
+        return outcome;
+    }
+    let mut entry = caller.entry(
+        op,
+        match &outcome {
+            Ok(_) => "ok",
+            Err(refusal) => refusal.code.name(),
+        },
+    );
+    subject_of(json, &mut entry);
+    if let Err(refusal) = &outcome {
+        let mut detail = entry.detail.take().unwrap_or_else(|| serde_json::json!({}));
+        detail["message"] = refusal.message.clone().into();
+        entry.detail = Some(detail);
+    }
+    if writes || outcome.is_err() {
+        // A failed audit write refuses changes from now on; this answer stands as it is.
+        let _ = commit::audit_now(control, entry).await;
+    } else {
+        commit::audit_later(control, entry);
+    }
+    outcome
+}
+
+/// The key id and tenant a request names, for its audit line (never a credential).
+fn subject_of(json: &[u8], entry: &mut crate::audit::Entry) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return;
+    };
+    entry.key = value
+        .get("id")
+        .or_else(|| value.get("parent_id"))
+        .and_then(serde_json::Value::as_u64);
+    entry.tenant = value
+        .get("tenant")
+        .and_then(serde_json::Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+}
+
+/// Parses and runs one request the admin's role allows.
+async fn run(control: &Rc<Control>, caller: &Caller, opcode: u8, json: &[u8]) -> Outcome {
     match opcode {
-        opcode::ISSUE => keys::issue(control, parse(json)?).await,
-        opcode::IMPORT => keys::import(control, parse(json)?).await,
-        opcode::REVOKE => keys::revoke(control, parse(json)?).await,
-        opcode::ROTATE => keys::rotate(control, parse(json)?).await,
-        opcode::UPDATE => keys::update(control, parse(json)?).await,
+        opcode::ISSUE => keys::issue(control, caller, parse(json)?).await,
+        opcode::IMPORT => keys::import(control, caller, parse(json)?).await,
+        opcode::REVOKE => keys::revoke(control, caller, parse(json)?).await,
+        opcode::ROTATE => keys::rotate(control, caller, parse(json)?).await,
+        opcode::UPDATE => keys::update(control, caller, parse(json)?).await,
         opcode::INSPECT => queries::inspect(control, parse(json)?),
         opcode::DERIVE => queries::derive(control, parse(json)?),
         opcode::LIST => queries::list(control, parse(json)?),
@@ -293,6 +382,12 @@ async fn dispatch(control: &Rc<Control>, opcode: u8, json: &[u8]) -> Outcome {
         opcode::COMPACT => {
             let _: admin::Empty = parse(json)?;
             compaction::run(control).await
+        }
+        opcode::ADMIN_ADD => admins::add(control, caller, parse(json)?).await,
+        opcode::ADMIN_REMOVE => admins::remove(control, caller, parse(json)?).await,
+        opcode::ADMIN_LIST => {
+            let _: admin::Empty = parse(json)?;
+            admins::list(control)
         }
         other => Err(Refusal::new(
             ErrorCode::UnknownOpcode,

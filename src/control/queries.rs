@@ -48,7 +48,18 @@ pub(super) fn inspect(control: &Control, request: InspectRequest) -> Outcome {
         request.id,
         request.credential.as_deref(),
     )?;
-    Ok(json!({ "key": KeyInfo::from(&record) }))
+    Ok(json!({ "key": info(control, &record) }))
+}
+
+/// Most records one LIST looks at: a filter that keeps few keys answers a short page (or none)
+/// with `next` set, rather than scanning a hundred million keys in one request.
+const LIST_SCAN_MAX: usize = 1_000_000;
+
+/// A key as shown, with its usage.
+fn info(control: &Control, record: &KeyRecord) -> KeyInfo {
+    let mut info = KeyInfo::from(record);
+    info.usage = control.usage.get(record.id);
+    info
 }
 
 pub(super) fn list(control: &Control, request: ListRequest) -> Outcome {
@@ -62,7 +73,17 @@ pub(super) fn list(control: &Control, request: ListRequest) -> Outcome {
     let after = request.after.unwrap_or(0);
     let view = control.view.borrow();
     let tenant = request.tenant.as_deref();
-    let keep = |record: &KeyRecord| tenant.is_none_or(|t| record.tenant == t);
+    let unused_since = request.unused_since;
+    let keep = |record: &KeyRecord| {
+        tenant.is_none_or(|t| record.tenant == t)
+            && unused_since.is_none_or(|since| {
+                let last = control
+                    .usage
+                    .get(record.id)
+                    .map_or(record.created.0, |u| u.last_used);
+                last < since
+            })
+    };
     // Overlay records newer than the cursor, sorted; merged with the snapshot's sorted records.
     let mut overlay: Vec<&KeyRecord> = view.overlay.records().filter(|r| r.id.0 > after).collect();
     overlay.sort_by_key(|r| r.id);
@@ -71,6 +92,8 @@ pub(super) fn list(control: &Control, request: ListRequest) -> Outcome {
     let mut next_overlay = 0;
     let mut page = Vec::with_capacity(limit.min(64));
     let mut more = false;
+    let mut scanned = 0;
+    let mut last_scanned = after;
     loop {
         let from_snapshot = records.get(at).map(|r| r.id.to_native());
         let from_overlay = overlay.get(next_overlay).map(|r| r.id.0);
@@ -97,19 +120,23 @@ pub(super) fn list(control: &Control, request: ListRequest) -> Outcome {
             }
         };
         if !keep(&record) {
+            scanned += 1;
+            last_scanned = record.id.0;
+            if scanned >= LIST_SCAN_MAX {
+                more = true;
+                break;
+            }
             continue;
         }
         if page.len() == limit {
             more = true;
             break;
         }
-        page.push(KeyInfo::from(&record));
+        scanned += 1;
+        last_scanned = record.id.0;
+        page.push(info(control, &record));
     }
-    let next = if more {
-        page.last().map(|k| k.id)
-    } else {
-        None
-    };
+    let next = more.then_some(last_scanned);
     Ok(json!({ "keys": page, "next": next }))
 }
 
@@ -134,5 +161,9 @@ pub(super) fn stats(control: &Control) -> Value {
         "compactions": control.compaction.finished(),
         "compaction_failures": control.compaction.failures(),
         "uptime_seconds": control.started.elapsed().as_secs(),
+        "audit_lines": durable.audit_lines,
+        "audit_head": durable.audit_head,
+        "usage_keys": control.usage.keys(),
+        "changes_refused": control.broken.borrow().clone(),
     })
 }

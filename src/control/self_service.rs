@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use super::shards::ShardEnd;
-use super::{keys, Control};
+use super::{keys, Caller, Control};
 use crate::admin::RevokeRequest;
 use crate::link::{RevocationAnswer, RevocationRequest};
 
@@ -20,6 +20,7 @@ pub(super) async fn carry_out(
         credential: None,
         reason: "self-service".into(),
     };
-    let done = keys::revoke(&control, revoke).await.is_ok();
+    let caller = Caller::new("self-service", None);
+    let done = keys::revoke(&control, &caller, revoke).await.is_ok();
     shard.answer(RevocationAnswer { ticket, done });
 }

@@ -51,7 +51,7 @@ pub(super) fn connect(
     for link in links {
         let (queues, bell) = link.into_parts();
         let reader = bell.try_clone().unwrap_or_else(|error| {
-            eprintln!("keyward: fatal: cannot duplicate a shard's doorbell descriptor: {error}");
+            crate::log_error!("fatal: cannot duplicate a shard's doorbell descriptor: {error}");
             std::process::exit(EXIT_NO_DESCRIPTOR);
         });
         // SAFETY: `reader` is a duplicate of our end of a non-blocking Unix socket pair, owned
@@ -83,6 +83,9 @@ async fn pump(
             if acks.try_send(applied).is_err() {
                 return;
             }
+        }
+        while let Some(report) = end.queues.usage.pop() {
+            control.usage.merge(report);
         }
         while let Some(request) = end.queues.revocations.pop() {
             glommio::spawn_local(self_service::carry_out(

@@ -221,6 +221,24 @@ impl Collector for BoardCollector {
                 control.log_changes,
             ),
             (
+                "keyward_audit_lines",
+                "Lines in the audit trail, across its files",
+                gauge,
+                control.audit_lines,
+            ),
+            (
+                "keyward_usage_keys",
+                "Keys with usage (last use, verify counts) recorded",
+                gauge,
+                control.usage_keys,
+            ),
+            (
+                "keyward_delta_log_writable",
+                "1 while the delta log and audit trail take writes; 0 once a write failed (changes refused)",
+                gauge,
+                u64::from(control.broken.is_none()),
+            ),
+            (
                 "keyward_commit_rounds",
                 "Group-commit rounds (one write and one fsync each)",
                 counter,

@@ -152,6 +152,12 @@ pub struct ControlMetrics {
     pub compactions: u64,
     pub compaction_failures: u64,
     pub compaction_seconds: Histogram,
+    /// Lines in the audit trail (all files).
+    pub audit_lines: u64,
+    /// Keys with usage recorded.
+    pub usage_keys: u64,
+    /// Why changes are refused: the delta log or audit trail could not be written.
+    pub broken: Option<String>,
 }
 
 /// Where shards and the control plane leave their figures for the exporter.
@@ -221,8 +227,14 @@ impl Board {
                 reasons.push(format!("shard {index} is not serving yet"));
             }
         }
-        if !self.control().serving {
+        let control = self.control();
+        if !control.serving {
             reasons.push("the control plane is not running yet".to_string());
+        }
+        if let Some(why) = control.broken {
+            reasons.push(format!(
+                "the delta log is not writable ({why}); changes are refused"
+            ));
         }
         if reasons.is_empty() {
             Ok(())

@@ -8,10 +8,11 @@ use keyward::admin::{
     opcode, AdminClient, Empty, ImportItem, ImportRequest, InspectRequest, IssueRequest,
     ListRequest, RevokeRequest, RotateRequest, UpdateRequest, IMPORT_ITEMS_MAX,
 };
+use keyward::record::UnixSeconds;
 
 use super::{
-    AdminArgs, Failure, ImportArgs, InspectArgs, IssueArgs, ListArgs, RevokeArgs, RotateArgs,
-    UpdateArgs,
+    AdminArgs, AdminCommand, Failure, ImportArgs, InspectArgs, IssueArgs, ListArgs, RevokeArgs,
+    RotateArgs, UpdateArgs,
 };
 
 fn connect(args: &AdminArgs) -> Result<AdminClient, Failure> {
@@ -47,8 +48,17 @@ fn key_line(key: &Value) -> String {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    let usage = match key["usage"]["last_used"].as_u64() {
+        Some(last) => format!(
+            "last used {} ({} valid, {} refused)",
+            keyward::audit::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(last)),
+            key["usage"]["valid"],
+            key["usage"]["refused"]
+        ),
+        None => "never used".to_string(),
+    };
     format!(
-        "key {} {} {} tenant {:?} scopes [{}] expires {} name {:?}",
+        "key {} {} {} tenant {:?} scopes [{}] expires {} name {:?} {usage}",
         key["id"],
         key["kind"].as_str().unwrap_or("?"),
         key["status"].as_str().unwrap_or("?"),
@@ -251,6 +261,9 @@ pub fn list(args: ListArgs) -> Result<(), Failure> {
             tenant: args.tenant.clone(),
             after,
             limit: Some(args.limit),
+            unused_since: args
+                .unused_since
+                .map(|age| UnixSeconds::now().0.saturating_sub(age)),
         };
         let answer = client
             .call(opcode::LIST, &request)
@@ -295,5 +308,84 @@ pub fn compact(args: AdminArgs) -> Result<(), Failure> {
             a["seconds"].as_f64().unwrap_or(0.0)
         )
     });
+    Ok(())
+}
+
+pub fn admins(command: AdminCommand) -> Result<(), Failure> {
+    match command {
+        AdminCommand::Add {
+            name,
+            role,
+            token_out,
+            admin,
+        } => {
+            let role = keyward::admins::Role::parse(&role).expect("clap checked the role");
+            let answer = call(
+                &admin,
+                opcode::ADMIN_ADD,
+                &keyward::admin::AdminAddRequest { name, role },
+            )?;
+            let token = answer["token"].as_str().unwrap_or_default();
+            if let Some(path) = token_out {
+                write_secret(&path, token)?;
+                eprintln!(
+                    "admin {} ({}) added; token written to {}",
+                    answer["name"],
+                    role.name(),
+                    path.display()
+                );
+            } else {
+                print(&admin, &answer, |a| {
+                    eprintln!(
+                        "admin {} ({}) added; its token (shown only this once):",
+                        a["name"],
+                        role.name()
+                    );
+                    println!("{token}");
+                });
+            }
+            Ok(())
+        }
+        AdminCommand::Remove { name, admin } => {
+            let answer = call(
+                &admin,
+                opcode::ADMIN_REMOVE,
+                &keyward::admin::AdminRemoveRequest { name },
+            )?;
+            print(&admin, &answer, |a| {
+                println!(
+                    "admin {} removed: its token is refused from now on",
+                    a["removed"]
+                )
+            });
+            Ok(())
+        }
+        AdminCommand::List(admin) => {
+            let answer = call(&admin, opcode::ADMIN_LIST, &Empty {})?;
+            print(&admin, &answer, |a| {
+                for entry in a["admins"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {}",
+                        entry["name"].as_str().unwrap_or("?"),
+                        entry["role"].as_str().unwrap_or("?")
+                    );
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Writes a token to a new file only its owner can read.
+fn write_secret(path: &std::path::Path, token: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
+    writeln!(file, "{token}").map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
     Ok(())
 }

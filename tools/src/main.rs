@@ -78,6 +78,37 @@ enum Command {
     /// Offline delta-log tools: check a log, cut a damaged one.
     #[command(subcommand)]
     Log(log::LogCommand),
+    /// Named admin tokens with a role (read or write): add, remove, list.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// The audit trail of a data directory: check its hash chain, read it.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Add an admin; prints its new token (shown only this once).
+    Add {
+        /// A name for the admin (letters, digits, '.', '_', '-'); audit lines carry it.
+        name: String,
+        /// read: inspect, list, stats, derive; write: everything.
+        #[arg(long, value_parser = ["read", "write"])]
+        role: String,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        token_out: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove an admin: its token is refused from its next request on.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the admins and their roles (never their tokens).
+    List(AdminArgs),
 }
 
 #[derive(Args, Clone)]
@@ -231,6 +262,14 @@ struct ListArgs {
     /// Follow `next` until the last page.
     #[arg(long)]
     all: bool,
+    /// Only keys not used for this long (e.g. 90d, 12h, 2w): last used before then, or never
+    /// used and created before then.
+    #[arg(long, value_name = "AGE", value_parser = parse_age_arg)]
+    unused_since: Option<u64>,
+}
+
+fn parse_age_arg(text: &str) -> Result<u64, String> {
+    audit::parse_age(text).ok_or_else(|| format!("{text:?}: give an age such as 90d, 12h, 30m, 2w"))
 }
 
 #[derive(Args)]
@@ -404,11 +443,14 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Stat(args) => stat::run(args),
         Command::Token(command) => token::run(command),
         Command::Log(command) => log::run(command),
+        Command::Admin(command) => admin::admins(command),
+        Command::Audit(command) => audit::run(command),
         Command::SelfRevoke { credential, server } => self_revoke(&credential, &server),
     }
 }
 
 mod admin;
+mod audit;
 mod log;
 mod stat;
 mod token;

@@ -1,0 +1,293 @@
+//! Per-key usage: when a key was last presented with its right secret, and how many of those
+//! verifies were answered `valid` and how many refused (revoked, expired, scope, address or
+//! tenant denied). A derived token's verifies count for its parent key.
+//!
+//! Each shard tallies in a map of its own ([`Tallies`], no locks, no atomics) and hands the map
+//! to the control plane about once a second ([`REPORT_INTERVAL`]); the control plane merges the
+//! shards' tallies and appends what changed to `usage.log` about once a second, so a restart
+//! loses at most the last two seconds of counts (`kill -9`, power loss). The file is a journal
+//! of absolute totals (docs/FORMATS.md, "usage.log"): replaying it keeps each key's last
+//! record; it is rewritten whole once it holds more than twice what is live.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = "usage.log";
+/// How often a shard hands over its tallies, and the control plane persists them.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+const MAGIC: [u8; 8] = *b"KWUSAGE\0";
+const FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 16;
+pub const RECORD_BYTES: usize = 32;
+/// Most records in one batch of the journal.
+pub const BATCH_RECORDS_MAX: usize = 1 << 20;
+
+/// A key's usage as the control plane keeps it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUsage {
+    /// Unix seconds of the last verify with the key's secret right.
+    pub last_used: u64,
+    pub valid: u64,
+    pub refused: u64,
+}
+
+/// What a shard counted for one key since its last report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub last_used: u64,
+    pub valid: u32,
+    pub refused: u32,
+    /// Security events among the refusals.
+    pub revoked: u32,
+    pub address_denied: u32,
+    pub tenant_mismatch: u32,
+}
+
+/// A hasher for key ids: one multiply and a fold (ids are not chosen by callers' input alone:
+/// only keys whose secret matched are tallied).
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(self.0 ^ u64::from(byte));
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        let mixed = value.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = mixed ^ (mixed >> 29);
+    }
+}
+
+/// A shard's tallies, by key id.
+pub type Tallies = HashMap<u64, Tally, BuildHasherDefault<IdHasher>>;
+
+/// Why `usage.log` could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: not a keyward usage journal ({problem}); move it aside to start counting afresh (usage figures are not needed to verify keys)")]
+    Foreign { path: PathBuf, problem: String },
+}
+
+/// The journal file, opened for appending.
+#[derive(Debug)]
+pub struct UsageStore {
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+}
+
+/// What opening the journal found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub usage: HashMap<u64, KeyUsage>,
+    /// Bytes cut from the end: a torn or damaged batch and whatever followed it.
+    pub cut_bytes: u64,
+}
+
+fn encode_batch(out: &mut Vec<u8>, records: &[(u64, KeyUsage)]) {
+    let start = out.len();
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for (id, usage) in records {
+        for value in [*id, usage.last_used, usage.valid, usage.refused] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes the batches of a journal body into `usage`; returns the bytes that were good.
+fn decode_batches(body: &[u8], usage: &mut HashMap<u64, KeyUsage>) -> usize {
+    let mut at = 0;
+    while body.len() - at >= 4 {
+        let count = u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if count > BATCH_RECORDS_MAX {
+            break;
+        }
+        let end = at + 4 + count * RECORD_BYTES;
+        if body.len() < end + 4 {
+            break;
+        }
+        let crc = u32::from_le_bytes(body[end..end + 4].try_into().expect("4 bytes"));
+        if crc32fast::hash(&body[at..end]) != crc {
+            break;
+        }
+        for record in body[at + 4..end].chunks_exact(RECORD_BYTES) {
+            let word =
+                |i: usize| u64::from_le_bytes(record[8 * i..8 * i + 8].try_into().expect("8"));
+            usage.insert(
+                word(0),
+                KeyUsage {
+                    last_used: word(1),
+                    valid: word(2),
+                    refused: word(3),
+                },
+            );
+        }
+        at = end + 4;
+    }
+    at
+}
+
+fn header() -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out
+}
+
+impl UsageStore {
+    /// Opens the journal in `dir` (creating it when missing) and replays it. A torn or damaged
+    /// batch ends the replay and is cut off with what follows.
+    pub fn open(dir: &Path) -> Result<(UsageStore, Loaded), UsageError> {
+        let path = dir.join(FILE_NAME);
+        let io_error = |source| UsageError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_error)?;
+        let mut loaded = Loaded::default();
+        if bytes.is_empty() {
+            file.write_all(&header()).map_err(io_error)?;
+            file.sync_all().map_err(io_error)?;
+            bytes = header();
+        }
+        if bytes.len() < HEADER_BYTES || bytes[..8] != MAGIC {
+            return Err(UsageError::Foreign {
+                path,
+                problem: "bad magic".into(),
+            });
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(UsageError::Foreign {
+                path,
+                problem: format!("format version {version}"),
+            });
+        }
+        let good = HEADER_BYTES + decode_batches(&bytes[HEADER_BYTES..], &mut loaded.usage);
+        if good < bytes.len() {
+            loaded.cut_bytes = (bytes.len() - good) as u64;
+            file.set_len(good as u64).map_err(io_error)?;
+            file.sync_all().map_err(io_error)?;
+        }
+        Ok((
+            UsageStore {
+                path,
+                file,
+                bytes: good as u64,
+            },
+            loaded,
+        ))
+    }
+
+    /// Whether the journal has grown past twice the `live` keys' records (plus 1 MiB): then
+    /// the next write should be a [`UsageStore::rewrite`].
+    pub fn wants_rewrite(&self, live: usize) -> bool {
+        self.bytes > 2 * (live * RECORD_BYTES) as u64 + (1 << 20)
+    }
+
+    /// Appends the changed keys' totals and makes them durable.
+    pub fn append(&mut self, changed: &[(u64, KeyUsage)]) -> io::Result<()> {
+        let mut out = Vec::with_capacity(8 + changed.len() * RECORD_BYTES);
+        for batch in changed.chunks(BATCH_RECORDS_MAX) {
+            encode_batch(&mut out, batch);
+        }
+        self.file.write_all(&out)?;
+        self.file.sync_data()?;
+        self.bytes += out.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the journal with one holding just `all`, atomically and durably.
+    pub fn rewrite(&mut self, all: &[(u64, KeyUsage)]) -> io::Result<()> {
+        let mut out = header();
+        for batch in all.chunks(BATCH_RECORDS_MAX) {
+            encode_batch(&mut out, batch);
+        }
+        let staged = self.path.with_extension("log.tmp");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)?;
+        file.write_all(&out)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&staged, &self.path)?;
+        File::open(self.path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.bytes = out.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(n: u64) -> KeyUsage {
+        KeyUsage {
+            last_used: 1_800_000_000 + n,
+            valid: n,
+            refused: n / 2,
+        }
+    }
+
+    #[test]
+    fn totals_survive_reopening_rewriting_and_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, loaded) = UsageStore::open(dir.path()).unwrap();
+        assert!(loaded.usage.is_empty());
+        store.append(&[(1, usage(1)), (2, usage(2))]).unwrap();
+        store.append(&[(1, usage(5))]).unwrap();
+        drop(store);
+        let (mut store, loaded) = UsageStore::open(dir.path()).unwrap();
+        assert_eq!(loaded.usage[&1], usage(5));
+        assert_eq!(loaded.usage[&2], usage(2));
+        store.rewrite(&[(1, usage(5)), (2, usage(2))]).unwrap();
+        store.append(&[(3, usage(3))]).unwrap();
+        drop(store);
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = fs::read(&path).unwrap();
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2, 3]);
+        fs::write(&path, &bytes).unwrap();
+        let (_, loaded) = UsageStore::open(dir.path()).unwrap();
+        assert_eq!(loaded.cut_bytes, 7);
+        assert_eq!(loaded.usage.len(), 3);
+        assert_eq!(fs::metadata(&path).unwrap().len() as usize, whole);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), b"something else entirely").unwrap();
+        assert!(UsageStore::open(dir.path()).is_err());
+    }
+}
