@@ -156,6 +156,7 @@ pub fn serve(
         reported: Instant::now(),
     };
     let stop = shutdown.flag();
+    debug_start_delay(index);
     let result = turn::serve(listener_fd, turn_settings, &stop, &mut shard);
     // SAFETY: the listener was handed to this shard alone; the turn is done with it.
     unsafe { libc::close(listener_fd) };
@@ -167,6 +168,21 @@ pub fn serve(
         by_status: shard.by_status,
         errors_sent: shard.errors_sent + report.errors_sent,
     })
+}
+
+/// Test hook, debug builds only: shard 0 waits `KEYWARD_DEBUG_SHARD_START_DELAY_MS` before
+/// it starts serving, so a test can see `/readyz` report a shard that is not serving yet.
+fn debug_start_delay(index: usize) {
+    #[cfg(debug_assertions)]
+    if index == 0 {
+        if let Some(ms) = std::env::var("KEYWARD_DEBUG_SHARD_START_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms.min(60_000)));
+        }
+    }
+    let _ = index;
 }
 
 impl Service for Shard {

@@ -230,3 +230,36 @@ fn an_empty_metrics_address_turns_the_listener_off() {
     let mut client = Client::connect(server.address).unwrap();
     client.ping().unwrap();
 }
+
+#[test]
+fn readyz_says_not_ready_while_a_shard_is_not_serving_yet() {
+    let directory = tempfile::tempdir().unwrap();
+    common::generated_data_dir(directory.path(), 10);
+    // Debug builds only: shard 0 waits this long before its first turn.
+    let mut command = common::keyward_command(directory.path(), &["--shards", "2"]);
+    command.env("KEYWARD_DEBUG_SHARD_START_DELAY_MS", "2000");
+    let server = common::Server::start_command(command, directory.path());
+    let metrics = server.metrics.expect("a metrics listener");
+    let started = Instant::now();
+    // Shard 1 and the control plane come up within milliseconds; shard 0 stays out.
+    let (status, body) = loop {
+        let (status, body) = get(metrics, "/readyz");
+        if !body.contains("shard 1") && !body.contains("control plane") {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "checked too late to mean anything"
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shard 0 is not serving yet"), "{body}");
+    assert_eq!(get(metrics, "/healthz").0, 200, "alive all along");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(metrics, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(metrics, "/readyz"), (200, "ready\n".into()));
+}

@@ -235,6 +235,10 @@ async fn serve_connection(
             .then(|| control.admins.borrow().authenticate(&token[..token_bytes]))
             .flatten();
         let Some(actor) = actor else {
+            crate::log_debug!(
+                "control request from {} refused: missing or wrong admin token",
+                peer.map_or("?".into(), |p| p.to_string())
+            );
             control.usage.unauthorized(peer.map(|p| p.ip()));
             let rest = body_bytes - 1 - token_bytes;
             return unauthorized(&mut stream, request_id, rest, deadline).await;
@@ -243,6 +247,13 @@ async fn serve_connection(
         let mut json = vec![0u8; body_bytes - 1 - token_bytes];
         read_or_close!(&mut json, request_id);
         let mut out = Vec::new();
+        crate::log_debug!(
+            "control request {} ({} bytes) from {} by admin {:?}",
+            opcode::name(header.opcode).unwrap_or("unknown"),
+            body_bytes,
+            peer.map_or("?".into(), |p| p.to_string()),
+            actor.name
+        );
         match dispatch(control, &actor, peer, header.opcode, &json).await {
             Ok(value) => {
                 let json = serde_json::to_vec(&value).expect("JSON values serialize");
@@ -333,7 +344,7 @@ async fn dispatch(
             Err(refusal) => refusal.code.name(),
         },
     );
-    subject_of(json, &mut entry);
+    subject_of(control, json, &mut entry);
     if let Err(refusal) = &outcome {
         let mut detail = entry.detail.take().unwrap_or_else(|| serde_json::json!({}));
         detail["message"] = refusal.message.clone().into();
@@ -348,8 +359,10 @@ async fn dispatch(
     outcome
 }
 
-/// The key id and tenant a request names, for its audit line (never a credential).
-fn subject_of(json: &[u8], entry: &mut crate::audit::Entry) {
+/// The key id and tenant a request names, for its audit line. Never a credential: a tenant
+/// that could not be one (too long) or that looks like a key or token (pasted into the wrong
+/// field) is left out.
+fn subject_of(control: &Control, json: &[u8], entry: &mut crate::audit::Entry) {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
         return;
     };
@@ -360,7 +373,15 @@ fn subject_of(json: &[u8], entry: &mut crate::audit::Entry) {
     entry.tenant = value
         .get("tenant")
         .and_then(serde_json::Value::as_str)
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && t.len() <= crate::record::TENANT_BYTES_MAX)
+        .filter(|t| {
+            let settings = &control.settings;
+            let token = format!("{}_", settings.token_prefix);
+            matches!(
+                crate::credential::parse(t.as_bytes(), &settings.prefixes),
+                crate::credential::Parsed::Other
+            ) && !t.starts_with(&token)
+        })
         .map(str::to_string);
 }
 
