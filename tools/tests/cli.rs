@@ -595,3 +595,108 @@ fn stat_prints_a_line_per_interval_from_the_metrics_listener() {
         text(&unreachable)
     );
 }
+
+#[test]
+fn admins_audit_and_unused_keys_from_the_command_line() {
+    //! `admin add|list|remove`, a read token refused a change, `audit verify|tail` with its
+    //! filters, and `list --unused-since`.
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let dir = data.to_str().unwrap();
+    let server = serve(&data);
+    let control = server.2.clone();
+    let admin = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--control", &control, "--data-dir", dir]);
+        ctl(&all)
+    };
+    let issued = admin(&["issue", "--tenant", "acme"]);
+    assert!(issued.status.success(), "{}", text(&issued));
+    let token_file = root.path().join("reader.token");
+    let added = admin(&[
+        "admin",
+        "add",
+        "dashboard",
+        "--role",
+        "read",
+        "--token-out",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(added.status.success(), "{}", text(&added));
+    let listed = admin(&["admin", "list"]);
+    assert!(text(&listed).contains("dashboard"), "{}", text(&listed));
+    assert!(text(&listed).contains("read"), "{}", text(&listed));
+    let forbidden = ctl(&[
+        "revoke",
+        "1",
+        "--control",
+        &control,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert_eq!(forbidden.status.code(), Some(2), "{}", text(&forbidden));
+    assert!(
+        text(&forbidden).contains("read role"),
+        "{}",
+        text(&forbidden)
+    );
+    let removed = admin(&["admin", "remove", "dashboard"]);
+    assert!(removed.status.success(), "{}", text(&removed));
+
+    // Never used, created now: not unused for a day; unused for 0 s once a second has passed.
+    let unused = admin(&["list", "--unused-since", "1d"]);
+    assert!(!text(&unused).contains("key 1 "), "{}", text(&unused));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let unused = admin(&["list", "--unused-since", "0s"]);
+    assert!(text(&unused).contains("key 1 "), "{}", text(&unused));
+    assert!(text(&unused).contains("never used"), "{}", text(&unused));
+    let bad_age = admin(&["list", "--unused-since", "soon"]);
+    assert!(!bad_age.status.success());
+    assert!(text(&bad_age).contains("90d"), "{}", text(&bad_age));
+
+    let verified = ctl(&["audit", "verify", "--data-dir", dir]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        text(&verified).contains("audit trail intact"),
+        "{}",
+        text(&verified)
+    );
+    let tail = ctl(&["audit", "tail", "--data-dir", dir, "--key", "1"]);
+    assert!(tail.status.success(), "{}", text(&tail));
+    let lines = String::from_utf8_lossy(&tail.stdout).to_string();
+    assert!(lines.contains("admin issue key 1"), "{lines}");
+    assert!(lines.contains("dashboard revoke key 1"), "{lines}");
+    assert!(!lines.contains("admin_add"), "only key 1: {lines}");
+    let tail = ctl(&[
+        "audit",
+        "tail",
+        "--data-dir",
+        dir,
+        "--since",
+        "1m",
+        "--json",
+        "-n",
+        "0",
+    ]);
+    let json_lines = String::from_utf8_lossy(&tail.stdout).to_string();
+    assert!(json_lines.lines().count() >= 6, "{json_lines}");
+    for line in json_lines.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+    let future = ctl(&["audit", "tail", "--data-dir", dir, "--since", "2999-01-01"]);
+    assert!(String::from_utf8_lossy(&future.stdout).is_empty());
+    drop(server);
+
+    // An edit breaks the chain, and `verify` says where.
+    let path = data.join("audit.log");
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        original.replacen("\"tenant\":\"acme\"", "\"tenant\":\"acmf\"", 1),
+    )
+    .unwrap();
+    let broken = ctl(&["audit", "verify", "--data-dir", dir]);
+    assert_eq!(broken.status.code(), Some(1), "{}", text(&broken));
+    assert!(text(&broken).contains("audit.log:2"), "{}", text(&broken));
+    assert!(text(&broken).contains("was changed"), "{}", text(&broken));
+}
