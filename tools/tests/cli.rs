@@ -685,6 +685,44 @@ fn admins_audit_and_unused_keys_from_the_command_line() {
     }
     let future = ctl(&["audit", "tail", "--data-dir", dir, "--since", "2999-01-01"]);
     assert!(String::from_utf8_lossy(&future.stdout).is_empty());
+
+    // --follow prints lines written after it started.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_keyward-ctl"))
+        .args([
+            "audit",
+            "tail",
+            "--follow",
+            "-n",
+            "0",
+            "--tenant",
+            "later",
+            "--data-dir",
+            dir,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines_out, lines_in) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_out.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let issued = admin(&["issue", "--tenant", "later"]);
+    assert!(issued.status.success(), "{}", text(&issued));
+    let followed = lines_in.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let followed = followed.expect("--follow printed the new line");
+    assert!(
+        followed.contains("admin issue key 2 tenant \"later\" ok"),
+        "{followed}"
+    );
     drop(server);
 
     // An edit breaks the chain, and `verify` says where.
