@@ -68,12 +68,13 @@ pub fn emit(level: Level, message: std::fmt::Arguments<'_>) {
 /// stdout when it is ready).
 pub fn line(level: Level, message: std::fmt::Arguments<'_>) -> String {
     if FORMAT.load(Ordering::Relaxed) == Format::Json as u8 {
-        let value = serde_json::json!({
-            "time": crate::audit::rfc3339(std::time::SystemTime::now()),
-            "level": level.name(),
-            "message": message.to_string(),
-        });
-        format!("{value}\n")
+        let text = |value: &str| serde_json::to_string(value).expect("strings serialize");
+        format!(
+            "{{\"time\":{},\"level\":{},\"message\":{}}}\n",
+            text(&crate::audit::rfc3339(std::time::SystemTime::now())),
+            text(level.name()),
+            text(&message.to_string())
+        )
     } else if level == Level::Info {
         format!("keyward: {message}\n")
     } else {

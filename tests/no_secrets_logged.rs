@@ -130,6 +130,16 @@ fn no_secret_is_ever_logged_or_audited() {
             written.lines().count() > 15 && written.contains("debug"),
             "too little written to mean anything: {written}"
         );
+        if format == "json" {
+            for line in written.lines() {
+                let value: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                assert!(
+                    value.get("level").is_some() || value.get("prev").is_some(),
+                    "{line}"
+                );
+            }
+        }
         for (index, secret) in secrets.iter().enumerate() {
             assert!(secret.len() >= 16);
             let leaks: Vec<String> = written

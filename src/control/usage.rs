@@ -2,7 +2,7 @@
 //! admin tokens: merged here, persisted and audited about once a second.
 //!
 //! Security events go into the audit trail throttled, so no caller can fill the disk: at most
-//! one line per key (or, for wrong admin tokens, per client address) per
+//! one line per key (or, for wrong admin tokens, per client address) and event kind per
 //! [`SECURITY_WINDOW`], carrying the count of events since the last line, and at most
 //! [`SECURITY_LINES_PER_WINDOW_MAX`] such lines in all per window; events past that are counted
 //! and go into later lines. The first event of a quiet key is written within a second.
@@ -54,7 +54,8 @@ impl<K: Eq + Hash + Clone> Throttle<K> {
         *entry.pending.entry(event).or_default() += count;
     }
 
-    /// The subjects whose line is due, with their counts, at most `budget` of them; forgets
+    /// The subjects whose lines are due, with their counts (a line per event kind), within
+    /// `budget` lines; forgets
     /// subjects quiet for a whole window.
     fn due(&mut self, now: Instant, budget: &mut u64) -> Vec<(K, BTreeMap<&'static str, u64>)> {
         let mut lines = Vec::new();
@@ -62,8 +63,9 @@ impl<K: Eq + Hash + Clone> Throttle<K> {
             let ready = state
                 .last_line
                 .is_none_or(|last| now.duration_since(last) >= SECURITY_WINDOW);
-            if ready && !state.pending.is_empty() && *budget > 0 {
-                *budget -= 1;
+            let lines_needed = state.pending.len() as u64;
+            if ready && lines_needed > 0 && *budget >= lines_needed {
+                *budget -= lines_needed;
                 state.last_line = Some(now);
                 lines.push((subject.clone(), std::mem::take(&mut state.pending)));
             }
