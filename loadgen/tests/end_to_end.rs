@@ -36,6 +36,8 @@ impl Drop for Process {
 struct Keyward {
     _process: Process,
     verify: String,
+    /// The metrics listener, when started with one.
+    metrics: Option<std::net::SocketAddr>,
     dir: tempfile::TempDir,
 }
 
@@ -46,6 +48,11 @@ fn keyward(count: usize) -> Keyward {
 
 /// Like [`keyward`], with the verify port at `listen(directory)`.
 fn keyward_on(count: usize, listen: impl FnOnce(&Path) -> String) -> Keyward {
+    keyward_with(count, listen, "")
+}
+
+/// Like [`keyward_on`], with the metrics listener at `metrics` ("" for none).
+fn keyward_with(count: usize, listen: impl FnOnce(&Path) -> String, metrics: &str) -> Keyward {
     let dir = tempfile::tempdir().unwrap();
     let listen = listen(dir.path());
     let data = dir.path().join("data");
@@ -67,7 +74,7 @@ fn keyward_on(count: usize, listen: impl FnOnce(&Path) -> String) -> Keyward {
     assert!(status.success());
     let mut child = Command::new(sibling("keyward"))
         .args(["serve", "--listen", &listen, "--control", "127.0.0.1:0"])
-        .args(["--metrics-listen", ""])
+        .args(["--metrics-listen", metrics])
         .args(["--shards", "2", "--spin-before-park-us", "0", "--data-dir"])
         .arg(&data)
         .stdout(Stdio::piped())
@@ -76,12 +83,16 @@ fn keyward_on(count: usize, listen: impl FnOnce(&Path) -> String) -> Keyward {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut verify = None;
+    let mut metrics_address = None;
     loop {
         let line = lines.next().expect("server exited").unwrap();
         if let Some(rest) = line.split("verify port listening on ").nth(1) {
             verify = Some(rest.split_whitespace().next().unwrap().to_string());
         }
-        if line.contains("control port listening on ") {
+        if let Some(rest) = line.split("metrics listening on ").nth(1) {
+            metrics_address = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        }
+        if line.contains("press Ctrl-C to stop") {
             break;
         }
     }
@@ -90,6 +101,7 @@ fn keyward_on(count: usize, listen: impl FnOnce(&Path) -> String) -> Keyward {
     Keyward {
         _process: Process(child),
         verify: verify.expect("verify port line"),
+        metrics: metrics_address,
         dir,
     }
 }
@@ -170,6 +182,64 @@ fn a_mixed_workload_is_answered_as_expected_and_reported() {
     let hgrm = std::fs::read_to_string(hgrm).unwrap();
     assert!(hgrm.contains("Total count    =        20000"), "{hgrm}");
     assert!(std::fs::read_to_string(svg).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn the_servers_scraped_counters_equal_the_loadgens_counts_by_status() {
+    let server = keyward_with(2000, |_| "127.0.0.1:0".to_string(), "127.0.0.1:0");
+    let metrics = server.metrics.expect("a metrics listener");
+    let keys = server.dir.path().join("keys.txt");
+    let run = report(
+        &[
+            "--server",
+            &server.verify,
+            "--keys",
+            keys.to_str().unwrap(),
+            "--mix",
+            "valid=55,unknown=10,revoked=10,expired=5,malformed=10,derived=10",
+            "--tokens",
+            "50",
+            "--connections",
+            "4",
+            "--depth",
+            "8",
+            "--warmup",
+            "0",
+            "--requests",
+            "30000",
+        ],
+        0,
+    );
+    assert_eq!(run["mismatches"], 0);
+    let expected: std::collections::BTreeMap<String, u64> = run["statuses"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(status, count)| (status.clone(), count.as_u64().unwrap()))
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    assert_eq!(expected.values().sum::<u64>(), 30000, "{run}");
+    // Shards publish on their clock tick (50 ms at most): wait for the last one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = keyward::metrics::scrape::fetch(metrics, "/metrics").unwrap();
+        let mut scraped = std::collections::BTreeMap::new();
+        for sample in keyward::metrics::scrape::parse(&text).unwrap() {
+            if sample.name == "keyward_verifies_total" && sample.value > 0.0 {
+                *scraped
+                    .entry(sample.label("status").unwrap().to_string())
+                    .or_insert(0) += sample.value as u64;
+            }
+        }
+        if scraped == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "scraped {scraped:?}, loadgen counted {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
