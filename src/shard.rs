@@ -312,8 +312,8 @@ fn tally(tallies: &mut Tallies, verdict: &Verdict<'_>, now: UnixSeconds) {
     let Some(record) = &verdict.record else {
         return;
     };
-    let tally = tallies.entry(record.id().0).or_default();
-    tally.last_used = now.0;
+    let tally = tallies.entry(record.id().0);
+    tally.last_used = now.0 as u32;
     match verdict.status {
         Status::Valid => tally.valid += 1,
         status => {
@@ -344,9 +344,9 @@ impl Shard {
             return;
         }
         self.reported = Instant::now();
-        let report: Vec<_> = self.tallies.iter().map(|(id, t)| (*id, *t)).collect();
-        if self.link.queues.usage.push(report).is_ok() {
-            self.tallies.clear();
+        // Only this shard pushes onto its queue: room now is room for the push.
+        if !self.link.queues.usage.is_full() {
+            link::push(&self.link.queues.usage, self.tallies.take());
             self.link.ring();
         }
     }
@@ -387,6 +387,7 @@ impl Shard {
     fn prefetch_ids(&self, ids: impl Iterator<Item = KeyId> + Clone) {
         for id in ids.clone() {
             self.snapshot.prefetch_slot(id);
+            self.tallies.prefetch(id.0);
         }
         for id in ids.clone() {
             self.snapshot.prefetch_record(id);

@@ -91,7 +91,7 @@ pub struct ControlStart {
     /// Per-key usage as persisted, and where to keep it.
     pub usage: (
         crate::usage::UsageStore,
-        HashMap<u64, crate::usage::KeyUsage>,
+        crate::usage::IdMap<crate::usage::KeyUsage>,
     ),
     pub replayed: Arc<Vec<Arc<Delta>>>,
     /// The control plane's ends of each shard's channels.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::{commit, Control};
 use crate::audit::Entry;
 use crate::credential::KeyId;
-use crate::usage::{KeyUsage, Tally, UsageStore, REPORT_INTERVAL};
+use crate::usage::{IdMap, KeyUsage, Tally, UsageStore, REPORT_INTERVAL};
 
 /// The throttle's window: one line per key per window.
 pub const SECURITY_WINDOW: Duration = Duration::from_secs(60);
@@ -82,8 +82,8 @@ impl<K: Eq + Hash + Clone> Throttle<K> {
 
 /// The control plane's usage table and throttles.
 pub(super) struct State {
-    table: RefCell<HashMap<u64, KeyUsage>>,
-    changed: RefCell<HashSet<u64>>,
+    table: RefCell<IdMap<KeyUsage>>,
+    changed: RefCell<HashSet<u64, std::hash::BuildHasherDefault<crate::usage::IdHasher>>>,
     store: RefCell<Option<UsageStore>>,
     security: RefCell<Throttle<u64>>,
     unauthorized: RefCell<Throttle<Option<IpAddr>>>,
@@ -92,10 +92,10 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new((store, loaded): (UsageStore, HashMap<u64, KeyUsage>)) -> State {
+    pub(super) fn new((store, loaded): (UsageStore, IdMap<KeyUsage>)) -> State {
         State {
             table: RefCell::new(loaded),
-            changed: RefCell::new(HashSet::new()),
+            changed: RefCell::new(HashSet::default()),
             store: RefCell::new(Some(store)),
             security: RefCell::new(Throttle::new()),
             unauthorized: RefCell::new(Throttle::new()),
@@ -121,7 +121,7 @@ impl State {
         for (id, tally) in report {
             changed.insert(id);
             let usage = table.entry(id).or_default();
-            usage.last_used = usage.last_used.max(tally.last_used);
+            usage.last_used = usage.last_used.max(u64::from(tally.last_used));
             usage.valid += u64::from(tally.valid);
             usage.refused += u64::from(tally.refused);
             security.record(id, "revoked", u64::from(tally.revoked));

@@ -442,7 +442,7 @@ impl Snapshot {
 
 /// Prefetches the cache line at `at` (no-op where the CPU offers no hint).
 #[inline]
-fn prefetch(at: *const u8) {
+pub(crate) fn prefetch(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program,
     // whatever the address.

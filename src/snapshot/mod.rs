@@ -30,7 +30,7 @@
 //! re-validating. Version 1 files are refused with the command that upgrades them ([`v1`]).
 
 mod check;
-mod lookup;
+pub(crate) mod lookup;
 pub mod v1;
 
 use std::fs::{self, File};
