@@ -77,7 +77,7 @@ pub struct RevocationAnswer {
 }
 
 /// A shard's per-key tallies since its last report (`crate::usage`).
-pub type UsageReport = Vec<(u64, crate::usage::Tally)>;
+pub type UsageReport = crate::usage::Report;
 /// Usage reports waiting at once; a shard whose report finds the queue full keeps tallying
 /// and tries again on its next report.
 pub const USAGE_REPORTS_WAITING_MAX: usize = 8;

@@ -37,17 +37,31 @@ pub struct KeyUsage {
     pub refused: u64,
 }
 
-/// What a shard counted for one key since its last report.
+/// What a shard counted for one key since its last report. Its last use is the report's time
+/// (reports go out about once a second), so the slot need not hold it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Unix seconds (a `u32` lasts until 2106, and keeps a slot at 32 bytes).
-    pub last_used: u32,
     pub valid: u32,
     pub refused: u32,
-    /// Security events among the refusals.
+}
+
+/// Security events a shard saw for one key since its last report: rarer than verifies, so
+/// counted apart, keeping the per-verify slot at 16 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Events {
     pub revoked: u32,
     pub address_denied: u32,
     pub tenant_mismatch: u32,
+}
+
+/// What a shard hands the control plane about once a second.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Unix seconds when the report was made: the last use of every key in it, within the
+    /// report interval.
+    pub at: u64,
+    pub tallies: Vec<(u64, Tally)>,
+    pub events: Vec<(u64, Events)>,
 }
 
 /// A hasher for key ids in the control plane's maps: one multiply and a fold (a key id gets
@@ -75,14 +89,14 @@ pub type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// One slot of [`Tallies`]: id 0 is empty (key ids start at 1).
 #[derive(Clone, Copy, Default)]
-#[repr(C, align(32))]
+#[repr(C, align(16))]
 struct Slot {
     id: u64,
     tally: Tally,
 }
 
 /// A shard's tallies since its last report, by key id: an open-addressing table (linear
-/// probing, Fibonacci hashing, at most half full) of 32-byte slots, so the slot a verify will
+/// probing, Fibonacci hashing, at most half full) of 16-byte slots, so the slot a verify will
 /// touch can be prefetched together with the key's table entries ([`Tallies::prefetch`]): a
 /// general-purpose map's miss per verify cost a fifth of the verify port's throughput.
 pub struct Tallies {
@@ -355,7 +369,7 @@ mod tests {
                 tallies.prefetch(id);
                 let tally = tallies.entry(id * 7919);
                 tally.valid += 1;
-                tally.last_used = round;
+                tally.refused += round;
             }
         }
         assert_eq!(tallies.len(), 20_000);
@@ -363,7 +377,7 @@ mod tests {
         assert!(tallies.is_empty());
         taken.sort_unstable_by_key(|(id, _)| *id);
         assert_eq!(taken.len(), 20_000);
-        assert!(taken.iter().all(|(_, t)| t.valid == 3 && t.last_used == 2));
+        assert!(taken.iter().all(|(_, t)| t.valid == 3 && t.refused == 3));
         assert_eq!(taken[0].0, 7919);
         tallies.entry(5).refused += 1;
         assert_eq!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::{commit, Control};
 use crate::audit::Entry;
 use crate::credential::KeyId;
-use crate::usage::{IdMap, KeyUsage, Tally, UsageStore, REPORT_INTERVAL};
+use crate::usage::{IdMap, KeyUsage, Report, UsageStore, REPORT_INTERVAL};
 
 /// The throttle's window: one line per key per window.
 pub const SECURITY_WINDOW: Duration = Duration::from_secs(60);
@@ -114,19 +114,21 @@ impl State {
     }
 
     /// Merges one shard's report.
-    pub(super) fn merge(&self, report: Vec<(u64, Tally)>) {
+    pub(super) fn merge(&self, report: Report) {
         let mut table = self.table.borrow_mut();
         let mut changed = self.changed.borrow_mut();
-        let mut security = self.security.borrow_mut();
-        for (id, tally) in report {
+        for (id, tally) in report.tallies {
             changed.insert(id);
             let usage = table.entry(id).or_default();
-            usage.last_used = usage.last_used.max(u64::from(tally.last_used));
+            usage.last_used = usage.last_used.max(report.at);
             usage.valid += u64::from(tally.valid);
             usage.refused += u64::from(tally.refused);
-            security.record(id, "revoked", u64::from(tally.revoked));
-            security.record(id, "address_denied", u64::from(tally.address_denied));
-            security.record(id, "tenant_mismatch", u64::from(tally.tenant_mismatch));
+        }
+        let mut security = self.security.borrow_mut();
+        for (id, events) in report.events {
+            security.record(id, "revoked", u64::from(events.revoked));
+            security.record(id, "address_denied", u64::from(events.address_denied));
+            security.record(id, "tenant_mismatch", u64::from(events.tenant_mismatch));
         }
     }
 
