@@ -397,13 +397,15 @@ impl Shard {
     fn prefetch_ids(&self, ids: impl Iterator<Item = KeyId> + Clone) {
         for id in ids.clone() {
             self.snapshot.prefetch_slot(id);
-            self.tallies.prefetch(id.0);
         }
         for id in ids.clone() {
             self.snapshot.prefetch_record(id);
         }
         for id in ids {
             self.snapshot.prefetch_scopes(id);
+            // Last: the usage slot is needed only after the verify, so it must not delay the
+            // lookups' own lines.
+            self.tallies.prefetch(id.0);
         }
     }
 
