@@ -92,7 +92,7 @@ fn every_control_operation_has_its_audit_line_and_an_edit_is_found_at_its_line()
         .unwrap();
     admin.call(opcode::LIST, &json!({})).unwrap();
     admin.call(opcode::STATS, &json!({})).unwrap();
-    let (_, third) = issue(&mut admin, "acme");
+    let (third_credential, third) = issue(&mut admin, "acme");
     admin
         .call(
             opcode::DERIVE,
@@ -100,6 +100,11 @@ fn every_control_operation_has_its_audit_line_and_an_edit_is_found_at_its_line()
         )
         .unwrap();
     admin.call(opcode::COMPACT, &json!({})).unwrap();
+    let mut holder = Client::connect(server.address).unwrap();
+    assert_eq!(
+        holder.revoke_self(third_credential.as_bytes()).unwrap(),
+        Status::Revoked
+    );
     assert_eq!(
         error_code(admin.call(opcode::REVOKE, &json!({ "id": 999_999 }))),
         ErrorCode::NotFound as u8
@@ -152,6 +157,11 @@ fn every_control_operation_has_its_audit_line_and_an_edit_is_found_at_its_line()
     assert_eq!(revoke.tenant.as_deref(), Some("acme"));
     assert!(revoke.client.as_deref().unwrap().starts_with("127.0.0.1:"));
     assert!(revoke.seq.is_some());
+    let own = all
+        .iter()
+        .find(|e| e.actor == "self-service")
+        .expect("a self-service revocation's line");
+    assert_eq!((own.op.as_str(), own.key), ("revoke", Some(third)));
     let import = all.iter().find(|e| e.op == "import").unwrap();
     assert_eq!(import.keys.len(), 2);
     // No line holds a credential, a secret or a token.
