@@ -221,6 +221,14 @@ fn encode_batch(out: &mut Vec<u8>, records: &[(u64, KeyUsage)]) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
+/// Decodes the batches of a journal's body (what follows its 16-byte header): the totals they
+/// leave, and how many bytes were good (a torn or damaged batch ends them). Never panics.
+pub fn decode_body(body: &[u8]) -> (IdMap<KeyUsage>, usize) {
+    let mut usage = IdMap::default();
+    let good = decode_batches(body, &mut usage);
+    (usage, good)
+}
+
 /// Decodes the batches of a journal body into `usage`; returns the bytes that were good.
 fn decode_batches(body: &[u8], usage: &mut IdMap<KeyUsage>) -> usize {
     let mut at = 0;

@@ -2,7 +2,7 @@
 //! Parsing must never panic, and a body that parses must serialize and parse back to itself.
 #![no_main]
 
-use keyward::admin::{ImportRequest, InspectRequest, IssueRequest, ListRequest, RevokeRequest, RotateRequest, UpdateRequest};
+use keyward::admin::{AdminAddRequest, AdminRemoveRequest, ImportRequest, InspectRequest, IssueRequest, ListRequest, RevokeRequest, RotateRequest, UpdateRequest};
 use libfuzzer_sys::fuzz_target;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -23,4 +23,7 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<UpdateRequest>(json);
     round_trip::<InspectRequest>(json);
     round_trip::<ListRequest>(json);
+    round_trip::<AdminAddRequest>(json);
+    round_trip::<AdminRemoveRequest>(json);
+    round_trip::<keyward::audit::Entry>(json);
 });
