@@ -315,11 +315,10 @@ fn tally(tallies: &mut Tallies, events: &mut HashMap<u64, Events>, verdict: &Ver
         return;
     };
     let id = record.id().0;
-    let tally = tallies.entry(id);
+    tallies.count(id, verdict.status == Status::Valid);
     match verdict.status {
-        Status::Valid => tally.valid += 1,
+        Status::Valid => {}
         status => {
-            tally.refused += 1;
             let event = match status {
                 Status::Revoked => |e: &mut Events| e.revoked += 1,
                 Status::AddressDenied => |e: &mut Events| e.address_denied += 1,

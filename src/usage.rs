@@ -87,24 +87,30 @@ impl std::hash::Hasher for IdHasher {
 /// A map keyed by key id.
 pub type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// One slot of [`Tallies`]: id 0 is empty (key ids start at 1).
+/// One slot of [`Tallies`]: 8 bytes, so that a second's keys fit a core's L2 cache as far as
+/// possible. Id 0 is empty (key ids start at 1); ids past `u32::MAX` and counts past
+/// `u16::MAX` go to the table's spill map.
 #[derive(Clone, Copy, Default)]
-#[repr(C, align(16))]
+#[repr(C, align(8))]
 struct Slot {
-    id: u64,
-    tally: Tally,
+    id: u32,
+    valid: u16,
+    refused: u16,
 }
 
 /// A shard's tallies since its last report, by key id: an open-addressing table (linear
-/// probing, Fibonacci hashing, at most half full) of 16-byte slots, so the slot a verify will
-/// touch can be prefetched together with the key's table entries ([`Tallies::prefetch`]): a
-/// general-purpose map's miss per verify cost a fifth of the verify port's throughput.
+/// probing, Fibonacci hashing, at most 80 % full) of 8-byte slots, whose slot a verify will
+/// touch is prefetched together with the key's table entries ([`Tallies::prefetch`]). A
+/// general-purpose map's miss per verify cost a fifth of the verify port's throughput, 32- and
+/// 16-byte slots about 6 % (docs/PERFORMANCE.md, "Usage tracking").
 pub struct Tallies {
     slots: Vec<Slot>,
     used: usize,
+    /// Keys with ids past `u32::MAX`, and counts carried out of a full `u16`.
+    spill: HashMap<u64, Tally>,
 }
 
-/// Slots a new (or just emptied) table starts with.
+/// Slots a new table starts with.
 const TALLY_SLOTS_MIN: usize = 4096;
 
 impl Default for Tallies {
@@ -112,6 +118,7 @@ impl Default for Tallies {
         Tallies {
             slots: vec![Slot::default(); TALLY_SLOTS_MIN],
             used: 0,
+            spill: HashMap::new(),
         }
     }
 }
@@ -129,27 +136,57 @@ impl Tallies {
         crate::snapshot::lookup::prefetch(self.slots[at..].as_ptr().cast());
     }
 
-    /// The tally of key `id` (id 0 is not a key).
-    pub fn entry(&mut self, id: u64) -> &mut Tally {
+    /// Counts one verify of key `id` (id 0 is not a key): valid or refused.
+    #[inline]
+    pub fn count(&mut self, id: u64, valid: bool) {
         debug_assert!(id != 0, "key ids start at 1");
-        if 2 * (self.used + 1) > self.slots.len() {
+        let Ok(short) = u32::try_from(id) else {
+            let tally = self.spill.entry(id).or_default();
+            if valid {
+                tally.valid += 1;
+            } else {
+                tally.refused += 1;
+            }
+            return;
+        };
+        if 5 * (self.used + 1) > 4 * self.slots.len() {
             self.grow();
         }
+        let at = self.claim(short);
+        let slot = &mut self.slots[at];
+        let counter = if valid {
+            &mut slot.valid
+        } else {
+            &mut slot.refused
+        };
+        if *counter == u16::MAX {
+            let spilled = self.spill.entry(id).or_default();
+            if valid {
+                spilled.valid += u32::from(u16::MAX);
+            } else {
+                spilled.refused += u32::from(u16::MAX);
+            }
+            *counter = 0;
+        }
+        *counter += 1;
+    }
+
+    /// The slot of `id`, taken if it had none.
+    fn claim(&mut self, id: u32) -> usize {
         let mask = self.slots.len() - 1;
-        let mut at = self.home(id);
+        let mut at = self.home(u64::from(id));
         loop {
             let slot = self.slots[at].id;
             if slot == id {
-                break;
+                return at;
             }
             if slot == 0 {
                 self.slots[at].id = id;
                 self.used += 1;
-                break;
+                return at;
             }
             at = (at + 1) & mask;
         }
-        &mut self.slots[at].tally
     }
 
     fn grow(&mut self) {
@@ -157,26 +194,40 @@ impl Tallies {
         let old = std::mem::replace(&mut self.slots, doubled);
         self.used = 0;
         for slot in old.into_iter().filter(|s| s.id != 0) {
-            *self.entry(slot.id) = slot.tally;
+            let at = self.claim(slot.id);
+            self.slots[at] = slot;
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.used == 0
+        self.used == 0 && self.spill.is_empty()
     }
 
+    /// Keys counted.
     pub fn len(&self) -> usize {
         self.used
+            + self
+                .spill
+                .keys()
+                .filter(|id| u32::try_from(**id).is_err())
+                .count()
     }
 
     /// Every key's tally, leaving the table empty (its size kept for the next interval).
     pub fn take(&mut self) -> Vec<(u64, Tally)> {
-        let taken = self
-            .slots
-            .iter()
-            .filter(|s| s.id != 0)
-            .map(|s| (s.id, s.tally))
-            .collect();
+        let mut taken: Vec<(u64, Tally)> = Vec::with_capacity(self.used + self.spill.len());
+        for slot in self.slots.iter().filter(|s| s.id != 0) {
+            let mut tally = Tally {
+                valid: u32::from(slot.valid),
+                refused: u32::from(slot.refused),
+            };
+            if let Some(spilled) = self.spill.remove(&u64::from(slot.id)) {
+                tally.valid += spilled.valid;
+                tally.refused += spilled.refused;
+            }
+            taken.push((u64::from(slot.id), tally));
+        }
+        taken.extend(self.spill.drain());
         self.slots.fill(Slot::default());
         self.used = 0;
         taken
@@ -370,31 +421,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tallies_count_every_key_through_growth_and_take() {
+    fn tallies_count_every_key_through_growth_overflow_and_take() {
         let mut tallies = Tallies::default();
         for round in 0..3u32 {
             for id in 1..=20_000u64 {
-                tallies.prefetch(id);
-                let tally = tallies.entry(id * 7919);
-                tally.valid += 1;
-                tally.refused += round;
+                tallies.prefetch(id * 7919);
+                tallies.count(id * 7919, true);
+                if round > 0 {
+                    tallies.count(id * 7919, false);
+                }
             }
         }
-        assert_eq!(tallies.len(), 20_000);
+        let huge = u64::from(u32::MAX) + 5;
+        tallies.count(huge, false);
+        for _ in 0..70_000 {
+            tallies.count(3, true);
+        }
+        assert_eq!(tallies.len(), 20_002);
         let mut taken = tallies.take();
         assert!(tallies.is_empty());
         taken.sort_unstable_by_key(|(id, _)| *id);
-        assert_eq!(taken.len(), 20_000);
-        assert!(taken.iter().all(|(_, t)| t.valid == 3 && t.refused == 3));
-        assert_eq!(taken[0].0, 7919);
-        tallies.entry(5).refused += 1;
+        assert_eq!(taken.len(), 20_002);
+        assert_eq!(
+            taken[0],
+            (
+                3,
+                Tally {
+                    valid: 70_000,
+                    refused: 0
+                }
+            )
+        );
+        assert_eq!(taken[1].0, 7919);
+        assert!(taken[1..20_001]
+            .iter()
+            .all(|(_, t)| t.valid == 3 && t.refused == 2));
+        assert_eq!(
+            taken[20_001],
+            (
+                huge,
+                Tally {
+                    valid: 0,
+                    refused: 1
+                }
+            )
+        );
+        tallies.count(5, false);
         assert_eq!(
             tallies.take(),
             vec![(
                 5,
                 Tally {
-                    refused: 1,
-                    ..Tally::default()
+                    valid: 0,
+                    refused: 1
                 }
             )]
         );
