@@ -16,9 +16,7 @@
 //! or ADMIN_REMOVE is acknowledged, and the control plane checks the token on every request:
 //! a removed token is refused from the next request on.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -283,19 +281,7 @@ impl Admins {
         };
         let mut json = serde_json::to_vec_pretty(&file).expect("admins serialize");
         json.push(b'\n');
-        let staged = self.path.with_extension("json.tmp");
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged)?;
-        out.write_all(&json)?;
-        out.sync_all()?;
-        drop(out);
-        fs::rename(&staged, &self.path)?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()
+        crate::datadir::replace_private(&self.path, &json)
     }
 }
 

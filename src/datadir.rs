@@ -257,6 +257,32 @@ fn finish_initialisation(path: &Path, staging: &Path) -> Result<(), DataDirError
     sync_directory(path)
 }
 
+/// Replaces the file at `path` with `bytes`, atomically and durably: written to `PATH.tmp`
+/// (mode 0600) and fsynced, renamed over `path`, the directory fsynced. A failure leaves the
+/// old file as it was (and removes the staged one).
+pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".tmp");
+    let staged = PathBuf::from(staged);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&staged, path)?;
+        let directory = path.parent().filter(|p| !p.as_os_str().is_empty());
+        File::open(directory.unwrap_or(Path::new(".")))?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&staged);
+    }
+    result
+}
+
 fn sync_directory(path: &Path) -> Result<(), DataDirError> {
     File::open(path)
         .and_then(|d| d.sync_all())

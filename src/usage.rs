@@ -10,7 +10,7 @@
 //! record; it is rewritten whole once it holds more than twice what is live.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -398,18 +398,7 @@ impl UsageStore {
         for batch in all.chunks(BATCH_RECORDS_MAX) {
             encode_batch(&mut out, batch);
         }
-        let staged = self.path.with_extension("log.tmp");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged)?;
-        file.write_all(&out)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&staged, &self.path)?;
-        File::open(self.path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+        crate::datadir::replace_private(&self.path, &out)?;
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.bytes = out.len() as u64;
         Ok(())
@@ -419,6 +408,7 @@ impl UsageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn tallies_count_every_key_through_growth_overflow_and_take() {
