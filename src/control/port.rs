@@ -10,6 +10,9 @@
 //! - before its token is checked a connection holds at most a header and a token
 //!   ([`UNAUTHENTICATED_BYTES_MAX`]); a wrong token gets `unauthorized` and the connection is
 //!   closed. Only then is the JSON body, up to `CONTROL_BODY_BYTES_MAX`, read.
+//!
+//! The token names an admin and its role (`crate::admins`), checked on every request; every
+//! request gets its audit line (see `dispatch`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -17,6 +20,10 @@ use std::io::ErrorKind;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use serde::de::DeserializeOwned;
 
 use super::{
     admins, commit, compaction, keys, queries, Caller, Control, Outcome, Refusal,
@@ -27,9 +34,6 @@ use crate::admins::{Actor, Role};
 use crate::datadir::ADMIN_TOKEN_BYTES_MAX;
 use crate::protocol::{self, ErrorCode, HEADER_BYTES};
 use crate::throttle::Throttled;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
-use serde::de::DeserializeOwned;
 
 /// Most bytes a connection reads before its admin token has been checked.
 pub const UNAUTHENTICATED_BYTES_MAX: usize = HEADER_BYTES + 1 + ADMIN_TOKEN_BYTES_MAX;
