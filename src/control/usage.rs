@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{commit, Control};
@@ -23,6 +24,8 @@ use crate::usage::{IdMap, KeyUsage, Report, UsageStore, REPORT_INTERVAL};
 pub const SECURITY_WINDOW: Duration = Duration::from_secs(60);
 /// Most security-event lines in one window, all keys and addresses together.
 pub const SECURITY_LINES_PER_WINDOW_MAX: u64 = 1000;
+/// How often the control plane looks whether the usage thread has finished.
+const PERSIST_POLL: Duration = Duration::from_millis(5);
 /// Most client addresses tracked for wrong tokens; others are counted together.
 const ADDRESSES_MAX: usize = 4096;
 
@@ -199,6 +202,9 @@ pub(super) async fn every_interval(control: Rc<Control>) {
     }
 }
 
+/// The store back from the usage thread, with how its write went.
+type Persisted = (UsageStore, std::io::Result<()>);
+
 async fn persist(control: &Control) {
     let state = &control.usage;
     let ids = std::mem::take(&mut *state.changed.borrow_mut());
@@ -219,15 +225,29 @@ async fn persist(control: &Control) {
         });
         (changed, all)
     };
-    let (store, result) = glommio::executor()
-        .spawn_blocking(move || {
+    // Its own thread, not the executor's blocking pool: that pool makes the delta log durable,
+    // and a revocation's fsync must not wait behind a megabyte of usage figures.
+    let slot: Arc<Mutex<Option<Persisted>>> = Arc::default();
+    let filled = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("keyward-usage".into())
+        .spawn(move || {
             let result = match all {
                 Some(all) => store.rewrite(&all),
                 None => store.append(&changed),
             };
-            (store, result)
-        })
-        .await;
+            *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some((store, result));
+        });
+    if let Err(error) = spawned {
+        crate::log_error!("cannot start a thread to persist key usage: {error}; usage is counted in memory only until a restart");
+        return;
+    }
+    let (store, result) = loop {
+        if let Some(done) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            break done;
+        }
+        glommio::timer::sleep(PERSIST_POLL).await;
+    };
     match result {
         Ok(()) => *state.store.borrow_mut() = Some(store),
         Err(error) => crate::log_error!(
