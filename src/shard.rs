@@ -24,7 +24,7 @@ use crate::overlay::{Overlay, TableView};
 use crate::protocol::{self, ErrorCode, Request, RequestKind, Status};
 use crate::record::UnixSeconds;
 use crate::snapshot::Snapshot;
-use crate::usage::{Events, Report, Tallies, REPORT_INTERVAL};
+use crate::usage::{Outcome, Report, Tallies, REPORT_INTERVAL};
 use crate::verify::{self, Verdict, Verifier};
 
 /// Requests of one receive decoded ahead of answering, so their table entries can be
@@ -103,7 +103,6 @@ struct Shard {
     answered_in_turn: u64,
     /// Per-key usage since the last report, and when that was.
     tallies: Tallies,
-    events: HashMap<u64, Events>,
     reported: Instant,
 }
 
@@ -154,7 +153,6 @@ pub fn serve(
         metrics: ShardMetrics::default(),
         answered_in_turn: 0,
         tallies: Tallies::default(),
-        events: HashMap::new(),
         reported: Instant::now(),
     };
     let stop = shutdown.flag();
@@ -309,25 +307,19 @@ impl Service for Shard {
 }
 
 /// Counts a verify for its key's usage, when the key's secret matched (a token's counts for
-/// its parent key), and the security events among the refusals.
-fn tally(tallies: &mut Tallies, events: &mut HashMap<u64, Events>, verdict: &Verdict<'_>) {
+/// its parent key), with the security events among the refusals.
+fn tally(tallies: &mut Tallies, verdict: &Verdict<'_>) {
     let Some(record) = &verdict.record else {
         return;
     };
-    let id = record.id().0;
-    tallies.count(id, verdict.status == Status::Valid);
-    match verdict.status {
-        Status::Valid => {}
-        status => {
-            let event = match status {
-                Status::Revoked => |e: &mut Events| e.revoked += 1,
-                Status::AddressDenied => |e: &mut Events| e.address_denied += 1,
-                Status::TenantMismatch => |e: &mut Events| e.tenant_mismatch += 1,
-                _ => return,
-            };
-            event(events.entry(id).or_default());
-        }
-    }
+    let outcome = match verdict.status {
+        Status::Valid => Outcome::Valid,
+        Status::Revoked => Outcome::Revoked,
+        Status::AddressDenied => Outcome::AddressDenied,
+        Status::TenantMismatch => Outcome::TenantMismatch,
+        _ => Outcome::Refused,
+    };
+    tallies.count(record.id().0, outcome);
 }
 
 /// [`crate::metrics::OPERATIONS`] indices.
@@ -342,18 +334,17 @@ impl Shard {
     /// Hands the usage tallies to the control plane, at most once per [`REPORT_INTERVAL`]. A
     /// full queue (the control plane is behind) leaves them here to grow until the next try.
     fn report_usage(&mut self) {
-        if (self.tallies.is_empty() && self.events.is_empty())
-            || self.reported.elapsed() < REPORT_INTERVAL
-        {
+        if self.tallies.is_empty() || self.reported.elapsed() < REPORT_INTERVAL {
             return;
         }
         self.reported = Instant::now();
         // Only this shard pushes onto its queue: room now is room for the push.
         if !self.link.queues.usage.is_full() {
+            let (tallies, events) = self.tallies.take();
             let report = Report {
                 at: UnixSeconds::now().0,
-                tallies: self.tallies.take(),
-                events: self.events.drain().collect(),
+                tallies,
+                events,
             };
             link::push(&self.link.queues.usage, report);
             self.link.ring();
@@ -438,7 +429,7 @@ impl Shard {
                 let verdict = self.verifier.verify(&table, &verify, self.now);
                 self.by_status[verdict.status as usize] += 1;
                 self.metrics.count_verify(verdict.status, verdict.kind);
-                tally(&mut self.tallies, &mut self.events, &verdict);
+                tally(&mut self.tallies, &verdict);
                 verify::put_verdict_frame(out, request_id, &verdict);
             }
             RequestKind::VerifyBatch(items, count) => {
@@ -453,13 +444,12 @@ impl Shard {
                 let by_status = &mut self.by_status;
                 let metrics = &mut self.metrics;
                 let tallies = &mut self.tallies;
-                let events = &mut self.events;
                 verify::put_batch_frame(out, request_id, count, || {
                     let item = items.next().expect("checked count").expect("checked item");
                     let verdict = verifier.verify(&table, &item, now);
                     by_status[verdict.status as usize] += 1;
                     metrics.count_verify(verdict.status, verdict.kind);
-                    tally(tallies, events, &verdict);
+                    tally(tallies, &verdict);
                     verdict
                 });
             }

@@ -45,8 +45,7 @@ pub struct Tally {
     pub refused: u32,
 }
 
-/// Security events a shard saw for one key since its last report: rarer than verifies, so
-/// counted apart, keeping the per-verify slot at 16 bytes.
+/// Security events a shard saw for one key since its last report (a subset of its refusals).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Events {
     pub revoked: u32,
@@ -87,27 +86,54 @@ impl std::hash::Hasher for IdHasher {
 /// A map keyed by key id.
 pub type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// One slot of [`Tallies`]: 8 bytes, so that a second's keys fit a core's L2 cache as far as
-/// possible. Id 0 is empty (key ids start at 1); ids past `u32::MAX` and counts past
-/// `u16::MAX` go to the table's spill map.
+/// How a verify of a key whose secret matched was answered, as [`Tallies`] counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Valid,
+    /// Refused for a reason that is not a security event (expired, not yet valid, scope).
+    Refused,
+    Revoked,
+    AddressDenied,
+    TenantMismatch,
+}
+
+/// Counters of a slot: valid, refused (every refusal), revoked, address denied, tenant
+/// mismatch.
+const COUNTERS: usize = 5;
+
+impl Outcome {
+    /// The counters this outcome adds one to.
+    fn counters(self) -> &'static [usize] {
+        match self {
+            Outcome::Valid => &[0],
+            Outcome::Refused => &[1],
+            Outcome::Revoked => &[1, 2],
+            Outcome::AddressDenied => &[1, 3],
+            Outcome::TenantMismatch => &[1, 4],
+        }
+    }
+}
+
+/// One slot of [`Tallies`]: 16 bytes, four to a cache line, the security events beside the
+/// counts so a verify touches one prefetched line whatever its answer. Id 0 is empty (key ids
+/// start at 1); ids past `u32::MAX` and counts past `u16::MAX` go to the table's spill map.
 #[derive(Clone, Copy, Default)]
-#[repr(C, align(8))]
+#[repr(C, align(16))]
 struct Slot {
     id: u32,
-    valid: u16,
-    refused: u16,
+    counts: [u16; COUNTERS],
 }
 
 /// A shard's tallies since its last report, by key id: an open-addressing table (linear
-/// probing, Fibonacci hashing, at most 80 % full) of 8-byte slots, whose slot a verify will
+/// probing, Fibonacci hashing, at most 80 % full) of 16-byte slots, whose slot a verify will
 /// touch is prefetched together with the key's table entries ([`Tallies::prefetch`]). A
-/// general-purpose map's miss per verify cost a fifth of the verify port's throughput, 32- and
-/// 16-byte slots about 6 % (docs/PERFORMANCE.md, "Usage tracking").
+/// general-purpose map's miss per verify cost a fifth of the verify port's throughput
+/// (docs/PERFORMANCE.md, "Usage tracking").
 pub struct Tallies {
     slots: Vec<Slot>,
     used: usize,
     /// Keys with ids past `u32::MAX`, and counts carried out of a full `u16`.
-    spill: HashMap<u64, Tally>,
+    spill: HashMap<u64, [u32; COUNTERS]>,
 }
 
 /// Slots a new table starts with.
@@ -136,16 +162,14 @@ impl Tallies {
         crate::snapshot::lookup::prefetch(self.slots[at..].as_ptr().cast());
     }
 
-    /// Counts one verify of key `id` (id 0 is not a key): valid or refused.
+    /// Counts one verify of key `id` (id 0 is not a key).
     #[inline]
-    pub fn count(&mut self, id: u64, valid: bool) {
+    pub fn count(&mut self, id: u64, outcome: Outcome) {
         debug_assert!(id != 0, "key ids start at 1");
         let Ok(short) = u32::try_from(id) else {
-            let tally = self.spill.entry(id).or_default();
-            if valid {
-                tally.valid += 1;
-            } else {
-                tally.refused += 1;
+            let spilled = self.spill.entry(id).or_default();
+            for &counter in outcome.counters() {
+                spilled[counter] += 1;
             }
             return;
         };
@@ -153,22 +177,14 @@ impl Tallies {
             self.grow();
         }
         let at = self.claim(short);
-        let slot = &mut self.slots[at];
-        let counter = if valid {
-            &mut slot.valid
-        } else {
-            &mut slot.refused
-        };
-        if *counter == u16::MAX {
-            let spilled = self.spill.entry(id).or_default();
-            if valid {
-                spilled.valid += u32::from(u16::MAX);
-            } else {
-                spilled.refused += u32::from(u16::MAX);
+        for &counter in outcome.counters() {
+            let count = &mut self.slots[at].counts[counter];
+            if *count == u16::MAX {
+                self.spill.entry(id).or_default()[counter] += u32::from(u16::MAX);
+                *count = 0;
             }
-            *counter = 0;
+            *count += 1;
         }
-        *counter += 1;
     }
 
     /// The slot of `id`, taken if it had none.
@@ -213,24 +229,47 @@ impl Tallies {
                 .count()
     }
 
-    /// Every key's tally, leaving the table empty (its size kept for the next interval).
-    pub fn take(&mut self) -> Vec<(u64, Tally)> {
-        let mut taken: Vec<(u64, Tally)> = Vec::with_capacity(self.used + self.spill.len());
+    /// Every key's counts and security events, leaving the table empty (its size kept for the
+    /// next interval).
+    pub fn take(&mut self) -> (Vec<(u64, Tally)>, Vec<(u64, Events)>) {
+        let mut all: Vec<(u64, [u32; COUNTERS])> = Vec::with_capacity(self.used + self.spill.len());
         for slot in self.slots.iter().filter(|s| s.id != 0) {
-            let mut tally = Tally {
-                valid: u32::from(slot.valid),
-                refused: u32::from(slot.refused),
-            };
+            let mut counts = slot.counts.map(u32::from);
             if let Some(spilled) = self.spill.remove(&u64::from(slot.id)) {
-                tally.valid += spilled.valid;
-                tally.refused += spilled.refused;
+                for (count, more) in counts.iter_mut().zip(spilled) {
+                    *count += more;
+                }
             }
-            taken.push((u64::from(slot.id), tally));
+            all.push((u64::from(slot.id), counts));
         }
-        taken.extend(self.spill.drain());
+        all.extend(self.spill.drain());
         self.slots.fill(Slot::default());
         self.used = 0;
-        taken
+        let tallies = all
+            .iter()
+            .map(|(id, c)| {
+                (
+                    *id,
+                    Tally {
+                        valid: c[0],
+                        refused: c[1],
+                    },
+                )
+            })
+            .collect();
+        let events = all
+            .iter()
+            .filter(|(_, c)| c[2] + c[3] + c[4] > 0)
+            .map(|(id, c)| {
+                let events = Events {
+                    revoked: c[2],
+                    address_denied: c[3],
+                    tenant_mismatch: c[4],
+                };
+                (*id, events)
+            })
+            .collect();
+        (tallies, events)
     }
 }
 
@@ -416,29 +455,30 @@ mod tests {
         for round in 0..3u32 {
             for id in 1..=20_000u64 {
                 tallies.prefetch(id * 7919);
-                tallies.count(id * 7919, true);
+                tallies.count(id * 7919, Outcome::Valid);
                 if round > 0 {
-                    tallies.count(id * 7919, false);
+                    tallies.count(id * 7919, Outcome::Refused);
                 }
             }
         }
         let huge = u64::from(u32::MAX) + 5;
-        tallies.count(huge, false);
+        tallies.count(huge, Outcome::Revoked);
         for _ in 0..70_000 {
-            tallies.count(3, true);
+            tallies.count(3, Outcome::AddressDenied);
         }
         assert_eq!(tallies.len(), 20_002);
-        let mut taken = tallies.take();
+        let (mut taken, mut events) = tallies.take();
         assert!(tallies.is_empty());
         taken.sort_unstable_by_key(|(id, _)| *id);
+        events.sort_unstable_by_key(|(id, _)| *id);
         assert_eq!(taken.len(), 20_002);
         assert_eq!(
             taken[0],
             (
                 3,
                 Tally {
-                    valid: 70_000,
-                    refused: 0
+                    valid: 0,
+                    refused: 70_000
                 }
             )
         );
@@ -456,16 +496,32 @@ mod tests {
                 }
             )
         );
-        tallies.count(5, false);
+        let address = Events {
+            address_denied: 70_000,
+            ..Events::default()
+        };
+        let revoked = Events {
+            revoked: 1,
+            ..Events::default()
+        };
+        assert_eq!(events, vec![(3, address), (huge, revoked)]);
+        tallies.count(5, Outcome::TenantMismatch);
+        let tenant = Events {
+            tenant_mismatch: 1,
+            ..Events::default()
+        };
         assert_eq!(
             tallies.take(),
-            vec![(
-                5,
-                Tally {
-                    valid: 0,
-                    refused: 1
-                }
-            )]
+            (
+                vec![(
+                    5,
+                    Tally {
+                        valid: 0,
+                        refused: 1
+                    }
+                )],
+                vec![(5, tenant)]
+            )
         );
     }
 
