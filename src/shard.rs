@@ -24,7 +24,7 @@ use crate::overlay::{Overlay, TableView};
 use crate::protocol::{self, ErrorCode, Request, RequestKind, Status};
 use crate::record::UnixSeconds;
 use crate::snapshot::Snapshot;
-use crate::usage::{Outcome, Report, Tallies, REPORT_INTERVAL};
+use crate::usage::{Outcome, Tallies, REPORT_INTERVAL};
 use crate::verify::{self, Verdict, Verifier};
 
 /// Requests of one receive decoded ahead of answering, so their table entries can be
@@ -340,12 +340,7 @@ impl Shard {
         self.reported = Instant::now();
         // Only this shard pushes onto its queue: room now is room for the push.
         if !self.link.queues.usage.is_full() {
-            let (tallies, events) = self.tallies.take();
-            let report = Report {
-                at: UnixSeconds::now().0,
-                tallies,
-                events,
-            };
+            let report = self.tallies.take(UnixSeconds::now().0);
             link::push(&self.link.queues.usage, report);
             self.link.ring();
         }

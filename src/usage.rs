@@ -229,9 +229,9 @@ impl Tallies {
                 .count()
     }
 
-    /// Every key's counts and security events, leaving the table empty (its size kept for the
-    /// next interval).
-    pub fn take(&mut self) -> (Vec<(u64, Tally)>, Vec<(u64, Events)>) {
+    /// A report made at `at` (Unix seconds) of every key's counts and security events, leaving
+    /// the table empty (its size kept for the next interval).
+    pub fn take(&mut self, at: u64) -> Report {
         let mut all: Vec<(u64, [u32; COUNTERS])> = Vec::with_capacity(self.used + self.spill.len());
         for slot in self.slots.iter().filter(|s| s.id != 0) {
             let mut counts = slot.counts.map(u32::from);
@@ -269,7 +269,11 @@ impl Tallies {
                 (*id, events)
             })
             .collect();
-        (tallies, events)
+        Report {
+            at,
+            tallies,
+            events,
+        }
     }
 }
 
@@ -467,7 +471,11 @@ mod tests {
             tallies.count(3, Outcome::AddressDenied);
         }
         assert_eq!(tallies.len(), 20_002);
-        let (mut taken, mut events) = tallies.take();
+        let Report {
+            tallies: mut taken,
+            mut events,
+            ..
+        } = tallies.take(0);
         assert!(tallies.is_empty());
         taken.sort_unstable_by_key(|(id, _)| *id);
         events.sort_unstable_by_key(|(id, _)| *id);
