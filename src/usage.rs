@@ -518,19 +518,19 @@ mod tests {
             tenant_mismatch: 1,
             ..Events::default()
         };
+        let report = tallies.take(7);
+        assert_eq!(report.at, 7);
         assert_eq!(
-            tallies.take(),
-            (
-                vec![(
-                    5,
-                    Tally {
-                        valid: 0,
-                        refused: 1
-                    }
-                )],
-                vec![(5, tenant)]
-            )
+            report.tallies,
+            vec![(
+                5,
+                Tally {
+                    valid: 0,
+                    refused: 1
+                }
+            )]
         );
+        assert_eq!(report.events, vec![(5, tenant)]);
     }
 
     fn usage(n: u64) -> KeyUsage {
