@@ -8,7 +8,7 @@
 //! and go into later lines. The first event of a quiet key is written within a second.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -83,10 +83,19 @@ impl<K: Eq + Hash + Clone> Throttle<K> {
     }
 }
 
+/// A key's usage as the control plane keeps it: with whether it changed since it was last
+/// persisted (so a merge marks it with one lookup, not a second set).
+#[derive(Clone, Copy, Default)]
+struct Kept {
+    usage: KeyUsage,
+    dirty: bool,
+}
+
 /// The control plane's usage table and throttles.
 pub(super) struct State {
-    table: RefCell<IdMap<KeyUsage>>,
-    changed: RefCell<HashSet<u64, std::hash::BuildHasherDefault<crate::usage::IdHasher>>>,
+    table: RefCell<IdMap<Kept>>,
+    /// The keys marked dirty, in the order they were.
+    changed: RefCell<Vec<u64>>,
     store: RefCell<Option<UsageStore>>,
     security: RefCell<Throttle<u64>>,
     unauthorized: RefCell<Throttle<Option<IpAddr>>>,
@@ -97,8 +106,21 @@ pub(super) struct State {
 impl State {
     pub(super) fn new((store, loaded): (UsageStore, IdMap<KeyUsage>)) -> State {
         State {
-            table: RefCell::new(loaded),
-            changed: RefCell::new(HashSet::default()),
+            table: RefCell::new(
+                loaded
+                    .into_iter()
+                    .map(|(id, usage)| {
+                        (
+                            id,
+                            Kept {
+                                usage,
+                                dirty: false,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            changed: RefCell::new(Vec::new()),
             store: RefCell::new(Some(store)),
             security: RefCell::new(Throttle::new()),
             unauthorized: RefCell::new(Throttle::new()),
@@ -113,7 +135,7 @@ impl State {
     }
 
     pub(super) fn get(&self, id: KeyId) -> Option<KeyUsage> {
-        self.table.borrow().get(&id.0).copied()
+        self.table.borrow().get(&id.0).map(|kept| kept.usage)
     }
 
     /// Merges one shard's report.
@@ -121,8 +143,12 @@ impl State {
         let mut table = self.table.borrow_mut();
         let mut changed = self.changed.borrow_mut();
         for (id, tally) in report.tallies {
-            changed.insert(id);
-            let usage = table.entry(id).or_default();
+            let kept = table.entry(id).or_default();
+            if !kept.dirty {
+                kept.dirty = true;
+                changed.push(id);
+            }
+            let usage = &mut kept.usage;
             usage.last_used = usage.last_used.max(report.at);
             usage.valid += u64::from(tally.valid);
             usage.refused += u64::from(tally.refused);
@@ -215,12 +241,18 @@ async fn persist(control: &Control) {
         return; // an earlier write failed: counting goes on in memory
     };
     let (changed, all) = {
-        let table = state.table.borrow();
-        let changed: Vec<(u64, KeyUsage)> = ids.iter().map(|id| (*id, table[id])).collect();
+        let mut table = state.table.borrow_mut();
+        let mut changed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(kept) = table.get_mut(&id) {
+                kept.dirty = false;
+                changed.push((id, kept.usage));
+            }
+        }
         let all = store.wants_rewrite(table.len()).then(|| {
             table
                 .iter()
-                .map(|(id, usage)| (*id, *usage))
+                .map(|(id, kept)| (*id, kept.usage))
                 .collect::<Vec<_>>()
         });
         (changed, all)
