@@ -84,17 +84,37 @@ pub fn line(level: Level, message: std::fmt::Arguments<'_>) -> String {
 
 #[macro_export]
 macro_rules! log_error {
-    ($($arg:tt)*) => { $crate::logging::emit($crate::logging::Level::Error, format_args!($($arg)*)) };
+    ($($arg:tt)*) => {
+        // The arguments are evaluated only when the line is written.
+        if $crate::logging::enabled($crate::logging::Level::Error) {
+            $crate::logging::emit($crate::logging::Level::Error, format_args!($($arg)*))
+        }
+    };
 }
 #[macro_export]
 macro_rules! log_warn {
-    ($($arg:tt)*) => { $crate::logging::emit($crate::logging::Level::Warning, format_args!($($arg)*)) };
+    ($($arg:tt)*) => {
+        // The arguments are evaluated only when the line is written.
+        if $crate::logging::enabled($crate::logging::Level::Warning) {
+            $crate::logging::emit($crate::logging::Level::Warning, format_args!($($arg)*))
+        }
+    };
 }
 #[macro_export]
 macro_rules! log_info {
-    ($($arg:tt)*) => { $crate::logging::emit($crate::logging::Level::Info, format_args!($($arg)*)) };
+    ($($arg:tt)*) => {
+        // The arguments are evaluated only when the line is written.
+        if $crate::logging::enabled($crate::logging::Level::Info) {
+            $crate::logging::emit($crate::logging::Level::Info, format_args!($($arg)*))
+        }
+    };
 }
 #[macro_export]
 macro_rules! log_debug {
-    ($($arg:tt)*) => { $crate::logging::emit($crate::logging::Level::Debug, format_args!($($arg)*)) };
+    ($($arg:tt)*) => {
+        // The arguments are evaluated only when the line is written.
+        if $crate::logging::enabled($crate::logging::Level::Debug) {
+            $crate::logging::emit($crate::logging::Level::Debug, format_args!($($arg)*))
+        }
+    };
 }
