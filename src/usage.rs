@@ -97,69 +97,168 @@ pub enum Outcome {
     TenantMismatch,
 }
 
-/// Counters of a slot: valid, refused (every refusal), revoked, address denied, tenant
-/// mismatch.
-const COUNTERS: usize = 5;
-
 impl Outcome {
-    /// The counters this outcome adds one to.
-    fn counters(self) -> &'static [usize] {
+    /// The security event this outcome is, as an index into [`EventSlot::counts`].
+    fn event(self) -> Option<usize> {
         match self {
-            Outcome::Valid => &[0],
-            Outcome::Refused => &[1],
-            Outcome::Revoked => &[1, 2],
-            Outcome::AddressDenied => &[1, 3],
-            Outcome::TenantMismatch => &[1, 4],
+            Outcome::Valid | Outcome::Refused => None,
+            Outcome::Revoked => Some(0),
+            Outcome::AddressDenied => Some(1),
+            Outcome::TenantMismatch => Some(2),
         }
     }
 }
 
-/// One slot of [`Tallies`]: 16 bytes, four to a cache line, the security events beside the
-/// counts so a verify touches one prefetched line whatever its answer. Id 0 is empty (key ids
-/// start at 1); ids past `u32::MAX` and counts past `u16::MAX` go to the table's spill map.
-#[derive(Clone, Copy, Default)]
-#[repr(C, align(16))]
-struct Slot {
-    id: u32,
-    counts: [u16; COUNTERS],
+/// A slot of an open-addressing table keyed by a 32-bit key id; id 0 is empty (key ids start
+/// at 1).
+trait Keyed: Copy + Default {
+    fn id(&self) -> u32;
+    fn set_id(&mut self, id: u32);
 }
 
-/// A shard's tallies since its last report, by key id: an open-addressing table (linear
-/// probing, Fibonacci hashing, at most 80 % full) of 16-byte slots, whose slot a verify will
-/// touch is prefetched together with the key's table entries ([`Tallies::prefetch`]). A
-/// general-purpose map's miss per verify cost a fifth of the verify port's throughput
-/// (docs/PERFORMANCE.md, "Usage tracking").
-pub struct Tallies {
-    slots: Vec<Slot>,
+/// A verify's counts for one key: 8 bytes, eight to a cache line, so the table a shard
+/// touches on every verify is as small as it can be (1 MiB for 100 000 keys).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(8))]
+struct CountSlot {
+    id: u32,
+    valid: u16,
+    refused: u16,
+}
+
+/// A key's security events (revoked, address denied, tenant mismatch), touched only on those.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct EventSlot {
+    id: u32,
+    counts: [u16; 3],
+}
+
+impl Keyed for CountSlot {
+    fn id(&self) -> u32 {
+        self.id
+    }
+    fn set_id(&mut self, id: u32) {
+        self.id = id;
+    }
+}
+
+impl Keyed for EventSlot {
+    fn id(&self) -> u32 {
+        self.id
+    }
+    fn set_id(&mut self, id: u32) {
+        self.id = id;
+    }
+}
+
+/// An open-addressing table (linear probing, Fibonacci hashing, at most 80 % full) that keeps
+/// its size when emptied, so a shard's table settles at what its keys need in an interval.
+struct Probing<S> {
+    slots: Vec<S>,
     used: usize,
-    /// Keys with ids past `u32::MAX`, and counts carried out of a full `u16`.
-    spill: HashMap<u64, [u32; COUNTERS]>,
 }
 
 /// Slots a new table starts with.
-const TALLY_SLOTS_MIN: usize = 4096;
+const SLOTS_MIN: usize = 4096;
+
+impl<S: Keyed> Probing<S> {
+    fn new() -> Probing<S> {
+        Probing {
+            slots: vec![S::default(); SLOTS_MIN],
+            used: 0,
+        }
+    }
+
+    #[inline]
+    fn home(&self, id: u32) -> usize {
+        let bits = self.slots.len().trailing_zeros();
+        (u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
+    }
+
+    /// The slot of `id`, taken if it had none.
+    #[inline]
+    fn claim(&mut self, id: u32) -> &mut S {
+        if 5 * (self.used + 1) > 4 * self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = self.home(id);
+        loop {
+            let slot = self.slots[at].id();
+            if slot == id {
+                return &mut self.slots[at];
+            }
+            if slot == 0 {
+                self.used += 1;
+                self.slots[at].set_id(id);
+                return &mut self.slots[at];
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let doubled = vec![S::default(); self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, doubled);
+        self.used = 0;
+        for slot in old.into_iter().filter(|s| s.id() != 0) {
+            *self.claim(slot.id()) = slot;
+        }
+    }
+
+    /// The taken slots, leaving the table empty (its size kept).
+    fn drain(&mut self) -> impl Iterator<Item = S> + '_ {
+        self.used = 0;
+        self.slots
+            .iter_mut()
+            .filter(|s| s.id() != 0)
+            .map(std::mem::take)
+    }
+}
+
+/// Counts carried out of a full `u16`, and keys with ids past `u32::MAX`: valid, refused,
+/// revoked, address denied, tenant mismatch.
+type Spilled = [u32; 5];
+
+/// Adds one to a slot's counter, carrying a full `u16` to the spill map.
+#[inline]
+fn bump(count: &mut u16, spill: &mut HashMap<u64, Spilled>, id: u64, counter: usize) {
+    if *count == u16::MAX {
+        spill.entry(id).or_default()[counter] += u32::from(u16::MAX);
+        *count = 0;
+    }
+    *count += 1;
+}
+
+/// A shard's tallies since its last report, by key id: one open-addressing table of 8-byte
+/// count slots, whose slot a verify will touch is prefetched together with the key's table
+/// entries ([`Tallies::prefetch`]), and a second one for the security events, touched only on
+/// those. A general-purpose map's miss per verify cost a fifth of the verify port's
+/// throughput (docs/PERFORMANCE.md, "Usage tracking").
+pub struct Tallies {
+    counts: Probing<CountSlot>,
+    events: Probing<EventSlot>,
+    spill: HashMap<u64, Spilled>,
+}
 
 impl Default for Tallies {
     fn default() -> Tallies {
         Tallies {
-            slots: vec![Slot::default(); TALLY_SLOTS_MIN],
-            used: 0,
+            counts: Probing::new(),
+            events: Probing::new(),
             spill: HashMap::new(),
         }
     }
 }
 
 impl Tallies {
-    fn home(&self, id: u64) -> usize {
-        let bits = self.slots.len().trailing_zeros();
-        (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
-    }
-
     /// Starts loading the slot `id` would use.
     #[inline]
     pub fn prefetch(&self, id: u64) {
-        let at = self.home(id);
-        crate::snapshot::lookup::prefetch(self.slots[at..].as_ptr().cast());
+        let at = self.counts.home(id as u32);
+        crate::snapshot::lookup::prefetch(self.counts.slots[at..].as_ptr().cast());
     }
 
     /// Counts one verify of key `id` (id 0 is not a key).
@@ -168,60 +267,31 @@ impl Tallies {
         debug_assert!(id != 0, "key ids start at 1");
         let Ok(short) = u32::try_from(id) else {
             let spilled = self.spill.entry(id).or_default();
-            for &counter in outcome.counters() {
-                spilled[counter] += 1;
+            spilled[usize::from(outcome != Outcome::Valid)] += 1;
+            if let Some(event) = outcome.event() {
+                spilled[2 + event] += 1;
             }
             return;
         };
-        if 5 * (self.used + 1) > 4 * self.slots.len() {
-            self.grow();
+        let slot = self.counts.claim(short);
+        if outcome == Outcome::Valid {
+            bump(&mut slot.valid, &mut self.spill, id, 0);
+            return;
         }
-        let at = self.claim(short);
-        for &counter in outcome.counters() {
-            let count = &mut self.slots[at].counts[counter];
-            if *count == u16::MAX {
-                self.spill.entry(id).or_default()[counter] += u32::from(u16::MAX);
-                *count = 0;
-            }
-            *count += 1;
-        }
-    }
-
-    /// The slot of `id`, taken if it had none.
-    fn claim(&mut self, id: u32) -> usize {
-        let mask = self.slots.len() - 1;
-        let mut at = self.home(u64::from(id));
-        loop {
-            let slot = self.slots[at].id;
-            if slot == id {
-                return at;
-            }
-            if slot == 0 {
-                self.slots[at].id = id;
-                self.used += 1;
-                return at;
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    fn grow(&mut self) {
-        let doubled = vec![Slot::default(); self.slots.len() * 2];
-        let old = std::mem::replace(&mut self.slots, doubled);
-        self.used = 0;
-        for slot in old.into_iter().filter(|s| s.id != 0) {
-            let at = self.claim(slot.id);
-            self.slots[at] = slot;
+        bump(&mut slot.refused, &mut self.spill, id, 1);
+        if let Some(event) = outcome.event() {
+            let slot = self.events.claim(short);
+            bump(&mut slot.counts[event], &mut self.spill, id, 2 + event);
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.used == 0 && self.spill.is_empty()
+        self.counts.used == 0 && self.spill.is_empty()
     }
 
     /// Keys counted.
     pub fn len(&self) -> usize {
-        self.used
+        self.counts.used
             + self
                 .spill
                 .keys()
@@ -230,49 +300,80 @@ impl Tallies {
     }
 
     /// A report made at `at` (Unix seconds) of every key's counts and security events, leaving
-    /// the table empty (its size kept for the next interval).
+    /// the tables empty (their sizes kept for the next interval).
     pub fn take(&mut self, at: u64) -> Report {
-        let mut all: Vec<(u64, [u32; COUNTERS])> = Vec::with_capacity(self.used + self.spill.len());
-        for slot in self.slots.iter().filter(|s| s.id != 0) {
-            let mut counts = slot.counts.map(u32::from);
-            if let Some(spilled) = self.spill.remove(&u64::from(slot.id)) {
-                for (count, more) in counts.iter_mut().zip(spilled) {
-                    *count += more;
-                }
-            }
-            all.push((u64::from(slot.id), counts));
-        }
-        all.extend(self.spill.drain());
-        self.slots.fill(Slot::default());
-        self.used = 0;
-        let tallies = all
-            .iter()
-            .map(|(id, c)| {
-                (
-                    *id,
-                    Tally {
-                        valid: c[0],
-                        refused: c[1],
-                    },
-                )
-            })
-            .collect();
-        let events = all
-            .iter()
-            .filter(|(_, c)| c[2] + c[3] + c[4] > 0)
-            .map(|(id, c)| {
-                let events = Events {
-                    revoked: c[2],
-                    address_denied: c[3],
-                    tenant_mismatch: c[4],
+        let mut tallies: Vec<(u64, Tally)> = self
+            .counts
+            .drain()
+            .map(|slot| {
+                let tally = Tally {
+                    valid: u32::from(slot.valid),
+                    refused: u32::from(slot.refused),
                 };
-                (*id, events)
+                (u64::from(slot.id), tally)
             })
             .collect();
+        let mut events: Vec<(u64, Events)> = self
+            .events
+            .drain()
+            .map(|slot| {
+                let [revoked, address_denied, tenant_mismatch] = slot.counts.map(u32::from);
+                let events = Events {
+                    revoked,
+                    address_denied,
+                    tenant_mismatch,
+                };
+                (u64::from(slot.id), events)
+            })
+            .collect();
+        if !self.spill.is_empty() {
+            merge_spill(&mut tallies, &mut events, std::mem::take(&mut self.spill));
+        }
         Report {
             at,
             tallies,
             events,
+        }
+    }
+}
+
+/// Adds the spilled counts into a report's lists (rare: a key verified 65 536 times in an
+/// interval, or an id past `u32::MAX`).
+#[cold]
+fn merge_spill(
+    tallies: &mut Vec<(u64, Tally)>,
+    events: &mut Vec<(u64, Events)>,
+    mut spill: HashMap<u64, Spilled>,
+) {
+    for (id, tally) in tallies.iter_mut() {
+        if let Some(spilled) = spill.get(id) {
+            tally.valid += spilled[0];
+            tally.refused += spilled[1];
+        }
+    }
+    for (id, found) in events.iter_mut() {
+        if let Some(spilled) = spill.get_mut(id) {
+            found.revoked += spilled[2];
+            found.address_denied += spilled[3];
+            found.tenant_mismatch += spilled[4];
+            spilled[2..].fill(0);
+        }
+    }
+    for (id, spilled) in spill {
+        if u32::try_from(id).is_err() {
+            let tally = Tally {
+                valid: spilled[0],
+                refused: spilled[1],
+            };
+            tallies.push((id, tally));
+        }
+        if spilled[2..].iter().any(|&n| n > 0) {
+            let found = Events {
+                revoked: spilled[2],
+                address_denied: spilled[3],
+                tenant_mismatch: spilled[4],
+            };
+            events.push((id, found));
         }
     }
 }
