@@ -167,6 +167,14 @@ pub struct ListRequest {
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
+/// STATS: with `digest`, the answer also carries `state_digest`, a hash of every key's state
+/// (it reads the whole table).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsRequest {
+    pub digest: bool,
+}
+
 /// ADMIN_ADD: a new named admin token; the answer holds the token (shown only this once).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -28,6 +28,19 @@ pub struct ServerConfig {
     pub log_format: crate::logging::Format,
     /// Least severe log lines written: `error`, `warning`, `info` or `debug`.
     pub log_level: crate::logging::Level,
+    /// Where changes go: `local` (this node's delta log) or `nats` (a NATS JetStream stream
+    /// every node follows; docs/CLUSTER.md).
+    pub replication: Replication,
+    /// Replicated mode: NATS server URLs, e.g. `nats://10.0.0.1:4222`.
+    pub nats_servers: Vec<String>,
+    /// Replicated mode: the JetStream stream holding the changes (created when missing).
+    pub nats_stream: String,
+    /// Replicated mode: a NATS credentials file (`.creds`), or empty for none.
+    pub nats_credentials: String,
+    /// Replicated mode: copies of the stream JetStream keeps, when this node creates it.
+    pub nats_replicas: usize,
+    /// This node's name in the cluster (audit trail, NATS connection); empty: the host name.
+    pub node_name: String,
     /// Number of shards; 0 means one per available CPU.
     pub shards: usize,
     /// CPUs to pin shards to, in order; empty means the CPUs this process may run on.
@@ -98,6 +111,12 @@ impl Default for ServerConfig {
             audit_rotate_bytes: 64 * 1024 * 1024,
             log_format: crate::logging::Format::Text,
             log_level: crate::logging::Level::Info,
+            replication: Replication::Local,
+            nats_servers: Vec::new(),
+            nats_stream: "KEYWARD".into(),
+            nats_credentials: String::new(),
+            nats_replicas: 3,
+            node_name: String::new(),
             shards: 0,
             cpus: Vec::new(),
             connections_per_shard_max: 4096,
@@ -122,6 +141,17 @@ impl Default for ServerConfig {
             token_ttl_max_seconds: 3600,
         }
     }
+}
+
+/// Where a node's changes go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// This node's own delta log: one node.
+    #[default]
+    Local,
+    /// A NATS JetStream stream that every node follows.
+    Nats,
 }
 
 /// Why a configuration was refused.
@@ -190,6 +220,7 @@ impl ServerConfig {
             Ok(())
         }
         range("shards", self.shards, 0, SHARDS_MAX)?;
+        self.validate_replication()?;
         range(
             "connections_per_shard_max",
             self.connections_per_shard_max,
@@ -296,9 +327,86 @@ impl ServerConfig {
         Ok(())
     }
 
+    fn validate_replication(&self) -> Result<(), ConfigError> {
+        let refuse = |field, expected: &str, value: String| {
+            Err(ConfigError::Range {
+                field,
+                expected: expected.into(),
+                value,
+            })
+        };
+        if self.replication == Replication::Nats && self.nats_servers.is_empty() {
+            return refuse(
+                "nats_servers",
+                "at least one NATS URL when replication is nats",
+                "none".into(),
+            );
+        }
+        if let Some(url) = self
+            .nats_servers
+            .iter()
+            .find(|u| u.is_empty() || u.len() > 512)
+        {
+            return refuse(
+                "nats_servers",
+                "URLs of 1 to 512 characters",
+                format!("{url:?}"),
+            );
+        }
+        let stream_ok = !self.nats_stream.is_empty()
+            && self.nats_stream.len() <= 64
+            && self
+                .nats_stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !stream_ok {
+            return refuse(
+                "nats_stream",
+                "1 to 64 letters, digits, '_' or '-'",
+                format!("{:?}", self.nats_stream),
+            );
+        }
+        if !(1..=5).contains(&self.nats_replicas) {
+            return refuse("nats_replicas", "1 to 5", self.nats_replicas.to_string());
+        }
+        if self.node_name.len() > 64 || self.node_name.chars().any(char::is_control) {
+            return refuse(
+                "node_name",
+                "at most 64 characters, none of them control characters",
+                format!("{:?}", self.node_name),
+            );
+        }
+        Ok(())
+    }
+
+    /// Replicated mode's settings; `None` in local mode.
+    pub fn nats(&self) -> Option<crate::replication::NatsSettings> {
+        (self.replication == Replication::Nats).then(|| crate::replication::NatsSettings {
+            servers: self.nats_servers.clone(),
+            stream: self.nats_stream.clone(),
+            credentials: (!self.nats_credentials.is_empty())
+                .then(|| PathBuf::from(&self.nats_credentials)),
+            replicas: self.nats_replicas,
+            node: if self.node_name.is_empty() {
+                host_name()
+            } else {
+                self.node_name.clone()
+            },
+        })
+    }
+
     pub fn prefixes(&self) -> Result<Prefixes, PrefixError> {
         Prefixes::new(&self.prefix, &self.public_prefix)
     }
+}
+
+/// This machine's host name, or `keyward` when it has none.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "keyward".into())
 }
 
 #[cfg(test)]

@@ -174,6 +174,21 @@ impl DataDir {
         })
     }
 
+    /// Reads the secrets of a data directory without taking its lock (a running server may
+    /// hold it): the pepper, the master secret and the first admin token.
+    pub fn read_secrets(path: &Path) -> Result<([u8; 32], [u8; 32], String), DataDirError> {
+        if !FILES.iter().any(|name| path.join(name).exists()) {
+            return Err(DataDirError::NotADataDirectory {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok((
+            secret_file(&path.join(PEPPER_FILE))?,
+            secret_file(&path.join(MASTER_FILE))?,
+            admin_token_file(&path.join(ADMIN_TOKEN_FILE))?,
+        ))
+    }
+
     /// Opens an existing data directory (never initialising one) and takes its lock: for tools
     /// that only read or repair.
     pub fn open_existing(path: &Path) -> Result<DataDir, DataDirError> {

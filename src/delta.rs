@@ -62,6 +62,17 @@ impl DeltaKind {
             _ => return None,
         })
     }
+
+    /// The control operation that makes this kind of delta.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeltaKind::Issue => "issue",
+            DeltaKind::Import => "import",
+            DeltaKind::Revoke => "revoke",
+            DeltaKind::Rotate => "rotate",
+            DeltaKind::Update => "update",
+        }
+    }
 }
 
 /// One change: a sequence number and the full new state of every record it touches.

@@ -52,6 +52,25 @@ struct ServeArgs {
     /// Least severe log lines written [default: info]
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<keyward::logging::Level>,
+    /// Where changes go: local (this node's delta log) or nats (a JetStream stream every node
+    /// follows; see docs/CLUSTER.md) [default: local]
+    #[arg(long, value_name = "MODE")]
+    replication: Option<keyward::config::Replication>,
+    /// NATS server URLs, comma-separated, e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    nats_servers: Option<Vec<String>>,
+    /// The JetStream stream holding the changes [default: KEYWARD]
+    #[arg(long, value_name = "NAME")]
+    nats_stream: Option<String>,
+    /// A NATS credentials file (.creds) [default: none]
+    #[arg(long, value_name = "FILE")]
+    nats_credentials: Option<String>,
+    /// Copies of the stream JetStream keeps, when this node creates it [default: 3]
+    #[arg(long, value_name = "N")]
+    nats_replicas: Option<usize>,
+    /// This node's name in the cluster [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// Number of shards (one pinned thread each) [default: one per available CPU]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -138,6 +157,12 @@ impl ServeArgs {
             audit_rotate_bytes,
             log_format,
             log_level,
+            replication,
+            nats_servers,
+            nats_stream,
+            nats_credentials,
+            nats_replicas,
+            node_name,
             shards,
             cpus,
             connections_per_shard_max,

@@ -62,6 +62,8 @@ pub enum ServerError {
     ShardFailed { shard: usize, error: std::io::Error },
     #[error("shard {0} stopped abnormally (panicked)")]
     ShardPanicked(usize),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// What a started server tells its caller.
@@ -238,6 +240,17 @@ pub fn run(
         idle_timeout: Duration::from_millis(config.control_idle_timeout_ms),
         frame_timeout: Duration::from_millis(config.frame_timeout_ms),
     };
+    let replica = match config.nats() {
+        Some(settings) => {
+            crate::cluster::check_marker(data_dir.path(), &settings.stream, sequence)
+                .map_err(ServerError::Cluster)?;
+            let started = crate::replication::start(settings, sequence).map_err(|e| {
+                ServerError::Cluster(format!("cannot start the NATS client thread: {e}"))
+            })?;
+            Some(started)
+        }
+        None => None,
+    };
     let control_start = ControlStart {
         listener_fd: control_listener.into_raw_fd(),
         snapshot: snapshot.clone(),
@@ -248,6 +261,7 @@ pub fn run(
         replayed: replayed.clone(),
         links: control_links,
         board: board.clone(),
+        replica,
     };
     let control_shutdown = shutdown.clone();
     let control_handle = LocalExecutorBuilder::new(Placement::Unbound)

@@ -123,7 +123,9 @@ pub(super) async fn barrier(control: &Control) -> Result<(), Refusal> {
 }
 
 /// Commits a delta made by [`assign`] with its audit line (on behalf of `caller`, for the
-/// request named `op`) and waits for it to be durable and applied everywhere.
+/// request named `op`) and waits for it to be durable and applied everywhere. In replicated
+/// mode the delta goes to the change stream instead, and this waits until the stream has
+/// delivered it back and it is applied here (see `replicated::publish`).
 pub(super) async fn commit(
     control: &Control,
     caller: &Caller,
@@ -131,6 +133,9 @@ pub(super) async fn commit(
     (delta, encoded): (Arc<Delta>, Vec<u8>),
 ) -> Result<(), Refusal> {
     let audit = caller.entry_for(op, &delta);
+    if control.replica.is_some() {
+        return super::replicated::publish(control, &delta, encoded, audit).await;
+    }
     if submit(control, |done| Job::Commit {
         delta,
         encoded,
@@ -146,35 +151,51 @@ pub(super) async fn commit(
     }
 }
 
-/// Assigns the next sequence to a delta over `records`, applies it to the view, and returns it
-/// ready to commit. The caller holds the view.
+/// Assigns the next sequence to a delta over `records` and returns it ready to commit. The
+/// caller holds the view. In local mode the delta is applied to the view at once (later
+/// requests see it while it is being committed); in replicated mode only once the change
+/// stream delivers it (`replicated::follow`).
 pub(super) fn assign(
     view: &mut View,
     kind: DeltaKind,
     note: String,
     records: Vec<KeyRecord>,
 ) -> (Arc<Delta>, Vec<u8>) {
-    view.assigned += 1;
     let delta = Arc::new(Delta {
-        sequence: view.assigned,
+        sequence: view.assigned + 1,
         kind,
         note,
         records,
     });
-    view.overlay.apply(&delta);
     for record in &delta.records {
         assert!(
             record.id.0 <= crate::credential::KeyId::MAX,
             "ids are checked against the range before a delta is made"
         );
-        view.next_id = view.next_id.max(record.id.0 + 1);
+    }
+    if !view.replicated {
+        apply_to_view(view, &delta);
+    }
+    let encoded = delta::encode(&delta);
+    (delta, encoded)
+}
+
+/// Makes `delta`, the next in sequence, part of the view.
+pub(super) fn apply_to_view(view: &mut View, delta: &Arc<Delta>) {
+    assert_eq!(
+        delta.sequence,
+        view.assigned + 1,
+        "deltas reach the view in order"
+    );
+    view.assigned = delta.sequence;
+    view.overlay.apply(delta);
+    for record in &delta.records {
+        view.next_id = view.next_id.max(record.id.0.saturating_add(1));
         if !record.idempotency_key.is_empty() {
             view.idempotency
                 .insert(record.idempotency_key.clone(), record.id);
         }
     }
-    let encoded = delta::encode(&delta);
-    (delta, encoded)
 }
 
 /// The group-commit loop: one write and one fsync per round, then fan-out, then
@@ -223,6 +244,9 @@ pub(super) async fn committer(
                 if !written {
                     for job in jobs {
                         job.answer(false);
+                    }
+                    for (_, waiter) in control.applied_waiters.borrow_mut().drain(..) {
+                        let _ = waiter.try_send(false);
                     }
                     control.publish_metrics();
                     continue;
@@ -302,6 +326,17 @@ pub(super) async fn committer(
                 let mut durable = control.durable.borrow_mut();
                 assert!(applied >= durable.applied, "applied sequences only rise");
                 durable.applied = applied;
+                drop(durable);
+                control
+                    .applied_waiters
+                    .borrow_mut()
+                    .retain(|(sequence, waiter)| {
+                        let waiting = *sequence > applied;
+                        if !waiting {
+                            let _ = waiter.try_send(true);
+                        }
+                        waiting
+                    });
             }
             for done in waiting {
                 let _ = done.try_send(true);

@@ -12,6 +12,7 @@
 //! | `shards.rs` | the control plane's ends of the links to the shards |
 //! | `admins.rs` | adding, removing and listing named admin tokens |
 //! | `usage.rs` | per-key usage and verify-side security events from the shards |
+//! | `replicated.rs` | replicated mode: publishing to the change stream, applying what it delivers |
 //!
 //! A change goes through three steps:
 //! 1. the request is checked against the control plane's view (snapshot + its own overlay) and
@@ -28,6 +29,7 @@ mod compaction;
 mod keys;
 mod port;
 mod queries;
+mod replicated;
 mod self_service;
 mod shards;
 mod usage;
@@ -98,6 +100,11 @@ pub struct ControlStart {
     pub links: Vec<ControlLink>,
     /// Where the control plane leaves its figures for the metrics exporter.
     pub board: Arc<crate::metrics::Board>,
+    /// Replicated mode: the change stream, and what it delivers.
+    pub replica: Option<(
+        crate::replication::Replica,
+        tokio::sync::mpsc::Receiver<crate::replication::Incoming>,
+    )>,
 }
 
 /// The view requests are checked against: the snapshot plus every delta assigned so far.
@@ -108,6 +115,9 @@ struct View {
     /// The id the next issued key gets; above [`KeyId::MAX`] when the id space is used up.
     next_id: u64,
     idempotency: HashMap<String, KeyId>,
+    /// Replicated mode: a request's delta reaches the view only when it comes back from the
+    /// change stream (every node applies the stream in order), never when it is made.
+    replicated: bool,
 }
 
 impl View {
@@ -169,6 +179,14 @@ struct Control {
     /// Why changes are refused, once the delta log or audit trail could not be written.
     broken: RefCell<Option<String>>,
     usage: usage::State,
+    /// The change stream, in replicated mode.
+    replica: Option<crate::replication::Replica>,
+    /// Replicated mode: held by a change from its check against the view until it is applied
+    /// here, so a node has one change in the stream's race at a time.
+    write_turn: glommio::sync::Semaphore,
+    /// Requests waiting until the committer has applied a sequence: answered `true` then, or
+    /// `false` when the files failed.
+    applied_waiters: RefCell<Vec<(u64, LocalSender<bool>)>>,
 }
 
 /// Who asked for a request: the admin's name and the connection's peer, for the audit trail.
@@ -254,6 +272,9 @@ impl Control {
 struct Refusal {
     code: ErrorCode,
     message: String,
+    /// Replicated mode: another node's change took the sequence first; the request is
+    /// checked again against the newer view (see `commit::change`).
+    lost_race: bool,
 }
 
 impl Refusal {
@@ -261,6 +282,7 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            lost_race: false,
         }
     }
     fn invalid(message: impl Into<String>) -> Refusal {
@@ -285,7 +307,12 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         replayed,
         links,
         board,
+        replica,
     } = start;
+    let (replica, incoming) = match replica {
+        Some((replica, incoming)) => (Some(replica), Some(incoming)),
+        None => (None, None),
+    };
     // SAFETY: a bound, listening, non-blocking socket handed over by server::run.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
     let mut overlay = Overlay::new(snapshot.header().sequence);
@@ -322,6 +349,7 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
             assigned,
             next_id: max_id.saturating_add(1),
             idempotency,
+            replicated: replica.is_some(),
         }),
         durable: RefCell::new(Durable {
             changes: replayed.iter().map(|d| d.records.len() as u64).sum(),
@@ -346,6 +374,9 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         admins: RefCell::new(admins),
         broken: RefCell::new(None),
         usage: usage::State::new(usage),
+        replica,
+        write_turn: glommio::sync::Semaphore::new(1),
+        applied_waiters: RefCell::new(Vec::new()),
     });
     control.publish_metrics();
 
@@ -353,6 +384,9 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
     commit::audit_later(&control, start_entry(assigned, replayed.len()));
     glommio::spawn_local(commit::committer(control.clone(), wakeups, ends, receivers)).detach();
     glommio::spawn_local(usage::every_interval(control.clone())).detach();
+    if let Some(incoming) = incoming {
+        glommio::spawn_local(replicated::follow(control.clone(), incoming)).detach();
+    }
     let running = port::accept_loop(&listener, &control);
     futures_lite::future::or(running, shutdown.triggered(SHUTDOWN_POLL)).await;
 }

@@ -335,6 +335,8 @@ async fn dispatch(
         ))
     } else if writes && control.broken.borrow().is_some() {
         Err(commit::broken_refusal(control))
+    } else if writes {
+        super::replicated::serialized(control, || run(control, &caller, opcode, json)).await
     } else {
         run(control, &caller, opcode, json).await
     };
@@ -400,10 +402,7 @@ async fn run(control: &Rc<Control>, caller: &Caller, opcode: u8, json: &[u8]) ->
         opcode::INSPECT => queries::inspect(control, parse(json)?),
         opcode::DERIVE => queries::derive(control, parse(json)?),
         opcode::LIST => queries::list(control, parse(json)?),
-        opcode::STATS => {
-            let _: admin::Empty = parse(json)?;
-            Ok(queries::stats(control))
-        }
+        opcode::STATS => Ok(queries::stats(control, parse(json)?)),
         opcode::COMPACT => {
             let _: admin::Empty = parse(json)?;
             compaction::run(control).await

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::keys::locate;
-use super::{Control, Outcome, Refusal};
+use super::{Control, Outcome, Refusal, View};
 use crate::admin::{self, InspectRequest, KeyInfo, ListRequest};
 use crate::credential::KeyId;
 use crate::protocol;
@@ -84,21 +84,46 @@ pub(super) fn list(control: &Control, request: ListRequest) -> Outcome {
                 last < since
             })
     };
-    // Overlay records newer than the cursor, sorted; merged with the snapshot's sorted records.
+    let mut page = Vec::with_capacity(limit.min(64));
+    let mut more = false;
+    let mut scanned = 0;
+    let mut last_scanned = after;
+    walk(&view, after, |record| {
+        if !keep(&record) {
+            scanned += 1;
+            last_scanned = record.id.0;
+            if scanned >= LIST_SCAN_MAX {
+                more = true;
+                return false;
+            }
+            return true;
+        }
+        if page.len() == limit {
+            more = true;
+            return false;
+        }
+        scanned += 1;
+        last_scanned = record.id.0;
+        page.push(info(control, &record));
+        true
+    });
+    let next = more.then_some(last_scanned);
+    Ok(json!({ "keys": page, "next": next }))
+}
+
+/// Visits every key with an id above `after`, in id order (the snapshot's records merged with
+/// the overlay's), until `visit` returns `false`.
+fn walk(view: &View, after: u64, mut visit: impl FnMut(KeyRecord) -> bool) {
     let mut overlay: Vec<&KeyRecord> = view.overlay.records().filter(|r| r.id.0 > after).collect();
     overlay.sort_by_key(|r| r.id);
     let records = &view.snapshot.body().records;
     let mut at = records.partition_point(|r| r.id.to_native() <= after);
     let mut next_overlay = 0;
-    let mut page = Vec::with_capacity(limit.min(64));
-    let mut more = false;
-    let mut scanned = 0;
-    let mut last_scanned = after;
     loop {
         let from_snapshot = records.get(at).map(|r| r.id.to_native());
         let from_overlay = overlay.get(next_overlay).map(|r| r.id.0);
         let record = match (from_snapshot, from_overlay) {
-            (None, None) => break,
+            (None, None) => return,
             (Some(s), Some(o)) if o <= s => {
                 next_overlay += 1;
                 if o == s {
@@ -119,28 +144,29 @@ pub(super) fn list(control: &Control, request: ListRequest) -> Outcome {
                 overlay[next_overlay - 1].clone()
             }
         };
-        if !keep(&record) {
-            scanned += 1;
-            last_scanned = record.id.0;
-            if scanned >= LIST_SCAN_MAX {
-                more = true;
-                break;
-            }
-            continue;
+        if !visit(record) {
+            return;
         }
-        if page.len() == limit {
-            more = true;
-            break;
-        }
-        scanned += 1;
-        last_scanned = record.id.0;
-        page.push(info(control, &record));
     }
-    let next = more.then_some(last_scanned);
-    Ok(json!({ "keys": page, "next": next }))
 }
 
-pub(super) fn stats(control: &Control) -> Value {
+/// BLAKE3 over every key's record in id order, as the delta log encodes it: two nodes with
+/// the same keys in the same states have the same digest, whatever their snapshots and logs.
+/// Reads the whole table (about a second per ten million keys).
+fn state_digest(view: &View) -> String {
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = Vec::with_capacity(256);
+    walk(view, 0, |record| {
+        bytes.clear();
+        crate::delta::put_record(&mut bytes, &record);
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+        true
+    });
+    hasher.finalize().to_hex().to_string()
+}
+
+pub(super) fn stats(control: &Control, request: admin::StatsRequest) -> Value {
     let view = control.view.borrow();
     let durable = control.durable.borrow();
     let snapshot = &durable.snapshot;
@@ -165,5 +191,29 @@ pub(super) fn stats(control: &Control) -> Value {
         "audit_head": durable.audit_head,
         "usage_keys": control.usage.keys(),
         "changes_refused": control.broken.borrow().clone(),
+        "state_digest": request.digest.then(|| state_digest(&view)),
+        "replication": replication(control),
+    })
+}
+
+/// Replicated mode's figures for STATS: the stream, this node's place in it, the connection.
+fn replication(control: &Control) -> Value {
+    let Some(replica) = &control.replica else {
+        return json!({ "mode": "local" });
+    };
+    let status = &replica.status;
+    let applied = control.durable.borrow().applied;
+    json!({
+        "mode": "nats",
+        "stream": replica.settings.stream,
+        "node": replica.settings.node,
+        "connected": status.connected(),
+        "following": status.opened(),
+        "last_error": status.last_error(),
+        "stream_last_sequence": status.last_sequence(),
+        "stream_first_sequence": status.first_sequence(),
+        "behind": status.last_sequence().saturating_sub(applied),
+        "silent_seconds": status.silent_for().map(|d| d.as_secs_f64()),
+        "problem": status.problem(),
     })
 }

@@ -21,6 +21,9 @@ pub(super) async fn carry_out(
         reason: "self-service".into(),
     };
     let caller = Caller::new("self-service", None);
-    let done = keys::revoke(&control, &caller, revoke).await.is_ok();
+    let done =
+        super::replicated::serialized(&control, || keys::revoke(&control, &caller, revoke.clone()))
+            .await
+            .is_ok();
     shard.answer(RevocationAnswer { ticket, done });
 }

@@ -12,7 +12,7 @@ use keyward::record::UnixSeconds;
 
 use super::{
     AdminArgs, AdminCommand, Failure, ImportArgs, InspectArgs, IssueArgs, ListArgs, RevokeArgs,
-    RotateArgs, UpdateArgs,
+    RotateArgs, StatsArgs, UpdateArgs,
 };
 
 fn connect(args: &AdminArgs) -> Result<AdminClient, Failure> {
@@ -285,8 +285,12 @@ pub fn list(args: ListArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn stats(args: AdminArgs) -> Result<(), Failure> {
-    let answer = call(&args, opcode::STATS, &Empty {})?;
+pub fn stats(args: StatsArgs) -> Result<(), Failure> {
+    let request = keyward::admin::StatsRequest {
+        digest: args.digest,
+    };
+    let args = args.admin;
+    let answer = call(&args, opcode::STATS, &request)?;
     print(&args, &answer, |a| {
         if let Some(map) = a.as_object() {
             for (name, value) in map {

@@ -57,8 +57,9 @@ enum Command {
     Inspect(InspectArgs),
     /// List keys, optionally of one tenant, a page at a time.
     List(ListArgs),
-    /// Sequence numbers, counts, log size and snapshot age of a running server.
-    Stats(AdminArgs),
+    /// Sequence numbers, counts, log size, snapshot age and replication state of a running
+    /// server.
+    Stats(StatsArgs),
     /// Write a new snapshot now and shorten the delta log.
     Compact(AdminArgs),
     /// A live line per interval from the server's metrics listener: verifies/s by status,
@@ -84,6 +85,9 @@ enum Command {
     /// The audit trail of a data directory: check its hash chain, read it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Cluster nodes: carry the secrets and admin tokens to a new node.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Subcommand)]
@@ -245,6 +249,16 @@ struct InspectArgs {
     admin: AdminArgs,
     /// Key id, or the credential itself.
     key: String,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Also a digest of every key's state, to compare nodes of a cluster (reads the whole
+    /// table: about a second per ten million keys).
+    #[arg(long)]
+    digest: bool,
 }
 
 #[derive(Args)]
@@ -445,12 +459,14 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Log(command) => log::run(command),
         Command::Admin(command) => admin::admins(command),
         Command::Audit(command) => audit::run(command),
+        Command::Cluster(command) => cluster::run(command),
         Command::SelfRevoke { credential, server } => self_revoke(&credential, &server),
     }
 }
 
 mod admin;
 mod audit;
+mod cluster;
 mod log;
 mod stat;
 mod token;

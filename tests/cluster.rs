@@ -1,0 +1,471 @@
+//! Replicated mode against real processes: a 3-server NATS JetStream cluster on loopback
+//! (Debian's nats-server) and three keyward nodes following one change stream (R3), each taking
+//! changes on its own control port. Skips, saying so, where nats-server is not installed
+//! (`.ci/run` installs it and sets KEYWARD_REQUIRE_BASELINES).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use keyward::admin::{opcode, AdminClient};
+use keyward::client::Client;
+use keyward::protocol::{Status, VerifyRequest};
+
+/// A free loopback port (closed again at once: the process that binds it next may race).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three nats-server processes, one JetStream cluster, killed when dropped.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    client_ports: Vec<u16>,
+    configs: Vec<PathBuf>,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut configs = Vec::new();
+        for i in 0..3 {
+            let store = dir.join(format!("nats-{i}"));
+            let config = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\ncluster {{\n  name: keyward-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                client_ports[i],
+                store.display(),
+                route_ports[i],
+                routes.join(", ")
+            );
+            let path = dir.join(format!("nats-{i}.conf"));
+            std::fs::write(&path, config).unwrap();
+            configs.push(path);
+        }
+        let mut nats = Nats {
+            servers: Vec::new(),
+            client_ports,
+            configs,
+        };
+        for i in 0..3 {
+            let child = nats.spawn(i);
+            nats.servers.push(Some(child));
+        }
+        nats.wait_for_clients();
+        nats
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.configs[i])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server")
+    }
+
+    fn wait_for_clients(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (i, port) in self.client_ports.iter().enumerate() {
+            if self.servers[i].is_none() {
+                continue;
+            }
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "nats-server {i} did not listen");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.client_ports[i])
+    }
+
+    /// Every server's URL, comma-separated, the given one first.
+    fn urls_from(&self, first: usize) -> String {
+        let mut urls = vec![self.url(first)];
+        urls.extend((0..3).filter(|i| *i != first).map(|i| self.url(i)));
+        urls.join(",")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A keyward node of the cluster.
+struct Node {
+    server: common::Server,
+    dir: PathBuf,
+    nats_urls: String,
+}
+
+impl Node {
+    fn start(dir: &Path, nats_urls: &str, name: &str) -> Node {
+        let server = common::Server::start(
+            dir,
+            &[
+                "--replication",
+                "nats",
+                "--nats-servers",
+                nats_urls,
+                "--node-name",
+                name,
+            ],
+        );
+        let node = Node {
+            server,
+            dir: dir.to_path_buf(),
+            nats_urls: nats_urls.to_string(),
+        };
+        // Serving from its local state at once; following the stream once NATS answers.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats = node.stats(false);
+            if stats["replication"]["following"] == true {
+                return node;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not following the stream: {stats}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn admin(&self) -> AdminClient {
+        self.server.admin()
+    }
+
+    fn status(&self, credential: &str) -> Status {
+        let mut client = Client::connect(self.server.address).unwrap();
+        let request = VerifyRequest {
+            credential: credential.as_bytes(),
+            address: Some("127.0.0.1".parse().unwrap()),
+            ..Default::default()
+        };
+        client.verify(&request).unwrap().status
+    }
+
+    /// Waits (at most 10 s) until `credential` gets `want` here; panics with what it got.
+    fn expect(&self, credential: &str, want: Status) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.status(credential);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} answers {got:?}, not {want:?}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stats(&self, digest: bool) -> Value {
+        self.admin()
+            .call(opcode::STATS, &json!({ "digest": digest }))
+            .unwrap()
+    }
+}
+
+/// A NATS cluster and three keyward nodes sharing one set of secrets (the first node's,
+/// carried to the others as an operator would: export-secrets, import-secrets).
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nats: Nats,
+    nodes: Vec<Node>,
+}
+
+fn cluster() -> Option<Cluster> {
+    if !common::installed("nats-server", "nats-server") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let first = dir.path().join("node-0");
+    drop(keyward::datadir::DataDir::open_or_create(&first).unwrap());
+    let secrets = keyward::cluster::export_secrets(&first).unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let node_dir = dir.path().join(format!("node-{i}"));
+        if i > 0 {
+            keyward::cluster::import_secrets(&node_dir, &secrets).unwrap();
+        }
+        nodes.push(Node::start(
+            &node_dir,
+            &nats.urls_from(i),
+            &format!("node-{i}"),
+        ));
+    }
+    Some(Cluster {
+        _dir: dir,
+        nats,
+        nodes,
+    })
+}
+
+fn issue(admin: &mut AdminClient, request: Value) -> (String, u64) {
+    let answer = admin.call(opcode::ISSUE, &request).unwrap();
+    (
+        answer["credential"].as_str().unwrap().to_string(),
+        answer["key"]["id"].as_u64().unwrap(),
+    )
+}
+
+/// Waits until every node has applied the same sequence, and returns their digests.
+fn settled_digests(nodes: &[&Node]) -> Vec<(u64, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: Vec<(u64, String)> = nodes
+            .iter()
+            .map(|n| {
+                let stats = n.stats(true);
+                (
+                    stats["applied_sequence"].as_u64().unwrap(),
+                    stats["state_digest"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        if seen.windows(2).all(|w| w[0] == w[1]) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "nodes did not settle: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_change_on_any_node_reaches_every_node() {
+    let Some(cluster) = cluster() else { return };
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    // Issued on B: valid on B at once (applied before the answer), then on A and C.
+    let (credential, id) = issue(
+        &mut b.admin(),
+        json!({ "tenant": "acme", "scopes": ["x:y"] }),
+    );
+    assert_eq!(b.status(&credential), Status::Valid);
+    a.expect(&credential, Status::Valid);
+    c.expect(&credential, Status::Valid);
+    // Revoked on A: refused on A at once, then everywhere.
+    a.admin()
+        .call(opcode::REVOKE, &json!({ "id": id, "reason": "test" }))
+        .unwrap();
+    assert_eq!(a.status(&credential), Status::Revoked);
+    b.expect(&credential, Status::Revoked);
+    c.expect(&credential, Status::Revoked);
+    // Rotated on C: the old key dead and the new one valid everywhere.
+    let (old, old_id) = issue(&mut c.admin(), json!({ "tenant": "acme" }));
+    let rotated = c
+        .admin()
+        .call(opcode::ROTATE, &json!({ "id": old_id }))
+        .unwrap();
+    let new = rotated["credential"].as_str().unwrap().to_string();
+    for node in [a, b, c] {
+        node.expect(&old, Status::Revoked);
+        node.expect(&new, Status::Valid);
+    }
+    // Imported on A.
+    let imported = a
+        .admin()
+        .call(
+            opcode::IMPORT,
+            &json!({ "keys": [{ "credential": "sk_live_cluster_imported", "tenant": "legacy" }] }),
+        )
+        .unwrap();
+    assert_eq!(imported["imported"], 1, "{imported}");
+    for node in [a, b, c] {
+        node.expect("sk_live_cluster_imported", Status::Valid);
+    }
+    // A token derived on B from a key issued on A dies on C when its parent is revoked on B.
+    let (parent, parent_id) = issue(&mut a.admin(), json!({ "scopes": ["p:q"] }));
+    b.expect(&parent, Status::Valid);
+    let derived = b
+        .admin()
+        .call(
+            opcode::DERIVE,
+            &json!({ "parent_id": parent_id, "ttl_seconds": 600 }),
+        )
+        .unwrap();
+    let token = derived["token"].as_str().unwrap().to_string();
+    c.expect(&token, Status::Valid);
+    b.admin()
+        .call(opcode::REVOKE, &json!({ "id": parent_id }))
+        .unwrap();
+    c.expect(&token, Status::Revoked);
+    // An idempotent issue retried on another node returns the same key.
+    let first = a
+        .admin()
+        .call(
+            opcode::ISSUE,
+            &json!({ "idempotency_key": "order-17", "tenant": "acme" }),
+        )
+        .unwrap();
+    let again = c
+        .admin()
+        .call(
+            opcode::ISSUE,
+            &json!({ "idempotency_key": "order-17", "tenant": "acme" }),
+        )
+        .unwrap();
+    assert_eq!(first["credential"], again["credential"]);
+    assert_eq!(again["replayed"], true, "{again}");
+    // Every node holds the same keys in the same states, and says where it stands.
+    settled_digests(&[a, b, c]);
+    let stats = c.stats(false);
+    assert_eq!(stats["replication"]["mode"], "nats", "{stats}");
+    assert_eq!(stats["replication"]["connected"], true, "{stats}");
+    // Each node's audit trail holds every change, with the node that took it.
+    let audit = std::fs::read_to_string(c.dir.join("audit.log")).unwrap();
+    let revoke_line = audit
+        .lines()
+        .find(|l| l.contains("\"op\":\"revoke\"") && l.contains("\"node\":\"node-0\""))
+        .unwrap_or_else(|| panic!("no revoke line from node-0 in C's audit trail:\n{audit}"));
+    assert!(
+        revoke_line.contains(&format!("\"key\":{id}")),
+        "{revoke_line}"
+    );
+}
+
+#[test]
+fn nodes_changing_keys_at_once_converge() {
+    let Some(cluster) = cluster() else { return };
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let writers: Vec<_> = [a, b]
+        .iter()
+        .enumerate()
+        .map(|(w, node)| {
+            let mut admin = node.admin();
+            std::thread::spawn(move || {
+                let mut issued = Vec::new();
+                for round in 0..40 {
+                    let (credential, id) = issue(
+                        &mut admin,
+                        json!({ "tenant": format!("w{w}"), "name": format!("{round}") }),
+                    );
+                    if round % 3 == 0 {
+                        admin.call(opcode::REVOKE, &json!({ "id": id })).unwrap();
+                    }
+                    issued.push((credential, round % 3 == 0));
+                }
+                issued
+            })
+        })
+        .collect();
+    let issued: Vec<(String, bool)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let digests = settled_digests(&[a, b, c]);
+    assert_eq!(digests[0].0, 80 + 2 * 14, "every change once: {digests:?}");
+    for (credential, revoked) in &issued {
+        let want = if *revoked {
+            Status::Revoked
+        } else {
+            Status::Valid
+        };
+        assert_eq!(c.status(credential), want);
+    }
+}
+
+#[test]
+fn a_killed_node_catches_up_and_a_new_node_joins_from_nothing() {
+    let Some(mut cluster) = cluster() else { return };
+    let c = cluster.nodes.pop().unwrap();
+    let (dir, urls) = (c.dir.clone(), c.nats_urls.clone());
+    c.server.kill(); // SIGKILL: no shutdown at all
+    let a = &cluster.nodes[0];
+    let mut admin = a.admin();
+    let mut keys = Vec::new();
+    for round in 0..30 {
+        let (credential, id) = issue(&mut admin, json!({ "name": format!("{round}") }));
+        let revoked = round % 2 == 0;
+        if revoked {
+            admin.call(opcode::REVOKE, &json!({ "id": id })).unwrap();
+        }
+        keys.push((credential, revoked));
+    }
+    let check = |node: &Node| {
+        for (credential, revoked) in &keys {
+            let want = if *revoked {
+                Status::Revoked
+            } else {
+                Status::Valid
+            };
+            node.expect(credential, want);
+        }
+    };
+    let c = Node::start(&dir, &urls, "node-2");
+    check(&c);
+    // A new node: an empty data directory, the cluster's secrets, nothing else (the secrets
+    // exported from a running node).
+    let secrets = keyward::cluster::export_secrets(&a.dir).unwrap();
+    let fresh = dir.parent().unwrap().join("node-3");
+    keyward::cluster::import_secrets(&fresh, &secrets).unwrap();
+    let d = Node::start(&fresh, &cluster.nats.urls_from(0), "node-3");
+    check(&d);
+    settled_digests(&[a, &cluster.nodes[1], &c, &d]);
+}
+
+#[test]
+fn changes_go_on_with_one_nats_server_down_and_stop_clearly_with_two() {
+    let Some(mut cluster) = cluster() else { return };
+    cluster.nats.kill(2); // node-2's first server: it moves to another
+    let (credential, id) = issue(&mut cluster.nodes[2].admin(), json!({}));
+    for node in &cluster.nodes {
+        node.expect(&credential, Status::Valid);
+    }
+    cluster.nats.kill(1);
+    let started = Instant::now();
+    let refused = cluster.nodes[0]
+        .admin()
+        .call(opcode::REVOKE, &json!({ "id": id }));
+    let message = match refused {
+        Err(keyward::admin::AdminError::Server { code, message }) => {
+            assert_eq!(
+                code,
+                keyward::protocol::ErrorCode::Unavailable as u8,
+                "{message}"
+            );
+            message
+        }
+        other => panic!("a change without a NATS quorum: {other:?}"),
+    };
+    assert!(message.contains("change stream"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(45));
+    // Verification goes on from what every node had applied.
+    for node in &cluster.nodes {
+        assert_eq!(node.status(&credential), Status::Valid);
+    }
+}
