@@ -159,7 +159,7 @@ pub fn check_marker(dir: &Path, stream: &str, sequence: u64) -> Result<(), Strin
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if sequence > 0 {
                 return Err(format!(
-                    "{} holds changes made in local mode (up to sequence {sequence}) that the change stream {stream:?} does not have: a cluster node starts from a new data directory (keyward-ctl cluster import-secrets), and keys are imported through a node of the cluster",
+                    "{} holds changes up to sequence {sequence} but no {MARKER_FILE}: changes made in local mode, which the change stream {stream:?} does not have (or the marker of a cluster node was removed: restore it from a backup). A cluster node starts from a new data directory (keyward-ctl cluster import-secrets); keys are imported through a node of the cluster",
                     dir.display(),
                 ));
             }

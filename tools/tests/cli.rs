@@ -738,3 +738,62 @@ fn admins_audit_and_unused_keys_from_the_command_line() {
     assert!(text(&broken).contains("audit.log:2"), "{}", text(&broken));
     assert!(text(&broken).contains("was changed"), "{}", text(&broken));
 }
+
+#[test]
+fn cluster_secrets_are_exported_and_imported_into_a_new_data_directory_only() {
+    let directory = tempfile::tempdir().unwrap();
+    let first = directory.path().join("first");
+    let keys = directory.path().join("keys.txt");
+    assert!(generate_keys(&first, &keys, 3).status.success());
+    let file = directory.path().join("secrets.json");
+    let file_arg = file.to_str().unwrap();
+    let exported = ctl(&[
+        "cluster",
+        "export-secrets",
+        "--data-dir",
+        first.to_str().unwrap(),
+        "--out",
+        file_arg,
+    ]);
+    assert!(exported.status.success(), "{}", text(&exported));
+    assert!(text(&exported).contains("unlocks every key"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Never over an existing file.
+    let again = ctl(&[
+        "cluster",
+        "export-secrets",
+        "--data-dir",
+        first.to_str().unwrap(),
+        "--out",
+        file_arg,
+    ]);
+    assert!(!again.status.success());
+    let second = directory.path().join("second");
+    let imported = ctl(&[
+        "cluster",
+        "import-secrets",
+        "--data-dir",
+        second.to_str().unwrap(),
+        file_arg,
+    ]);
+    assert!(imported.status.success(), "{}", text(&imported));
+    for name in ["pepper", "master.key", "admin.token"] {
+        assert_eq!(
+            std::fs::read(first.join(name)).unwrap(),
+            std::fs::read(second.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // Not into a data directory that holds keys.
+    let refused = ctl(&[
+        "cluster",
+        "import-secrets",
+        "--data-dir",
+        first.to_str().unwrap(),
+        file_arg,
+    ]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("not empty"), "{}", text(&refused));
+}
