@@ -88,6 +88,22 @@ impl Client {
             .remove(0))
     }
 
+    /// Sends a VERIFY_AT: answered only once the server has applied `sequence` (a change's
+    /// acknowledgement carries its sequence), or `stale`. Returns the sequence the answer was
+    /// decided at, and the answer.
+    pub fn verify_at(
+        &mut self,
+        sequence: u64,
+        request: &VerifyRequest<'_>,
+    ) -> Result<(u64, VerifyResult), ClientError> {
+        self.output.clear();
+        let id = self.request_id();
+        protocol::put_verify_at_frame(&mut self.output, id, sequence, request);
+        self.stream.write_all(&self.output)?;
+        let body = self.expect(id, opcode::VERIFY_AT_RESULT)?;
+        protocol::parse_verify_at_result(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// Sends every request as its own VERIFY frame in one write, then reads the answers.
     pub fn verify_pipelined(
         &mut self,

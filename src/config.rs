@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub nats_replicas: usize,
     /// This node's name in the cluster (audit trail, NATS connection); empty: the host name.
     pub node_name: String,
+    /// How long a VERIFY_AT may wait for the sequence it asks for before it is answered
+    /// `stale`, in ms (0: at once).
+    pub verify_at_wait_ms: u64,
     /// Number of shards; 0 means one per available CPU.
     pub shards: usize,
     /// CPUs to pin shards to, in order; empty means the CPUs this process may run on.
@@ -117,6 +120,7 @@ impl Default for ServerConfig {
             nats_credentials: String::new(),
             nats_replicas: 3,
             node_name: String::new(),
+            verify_at_wait_ms: 5,
             shards: 0,
             cpus: Vec::new(),
             connections_per_shard_max: 4096,
@@ -221,6 +225,7 @@ impl ServerConfig {
         }
         range("shards", self.shards, 0, SHARDS_MAX)?;
         self.validate_replication()?;
+        range("verify_at_wait_ms", self.verify_at_wait_ms, 0, 1000)?;
         range(
             "connections_per_shard_max",
             self.connections_per_shard_max,

@@ -71,6 +71,10 @@ struct ServeArgs {
     /// This node's name in the cluster [default: the host name]
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
+    /// How long a VERIFY_AT may wait for the sequence it asks for before it is answered
+    /// stale [default: 5]
+    #[arg(long, value_name = "MS")]
+    verify_at_wait_ms: Option<u64>,
     /// Number of shards (one pinned thread each) [default: one per available CPU]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -163,6 +167,7 @@ impl ServeArgs {
             nats_credentials,
             nats_replicas,
             node_name,
+            verify_at_wait_ms,
             shards,
             cpus,
             connections_per_shard_max,

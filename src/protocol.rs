@@ -44,11 +44,13 @@ pub mod opcode {
     pub const VERIFY_BATCH: u8 = 0x03;
     pub const DERIVE: u8 = 0x04;
     pub const REVOKE_SELF: u8 = 0x05;
+    pub const VERIFY_AT: u8 = 0x06;
     pub const PONG: u8 = 0x81;
     pub const VERIFY_RESULT: u8 = 0x82;
     pub const VERIFY_BATCH_RESULT: u8 = 0x83;
     pub const DERIVE_RESULT: u8 = 0x84;
     pub const REVOKE_SELF_RESULT: u8 = 0x85;
+    pub const VERIFY_AT_RESULT: u8 = 0x86;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -67,10 +69,12 @@ pub enum Status {
     TenantMismatch = 8,
     /// A DERIVE asked for more than its parent allows.
     TooWide = 9,
+    /// (VERIFY_AT only) this node had not applied the sequence asked for within its wait.
+    Stale = 10,
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Valid,
         Status::Malformed,
         Status::Unknown,
@@ -81,6 +85,7 @@ impl Status {
         Status::AddressDenied,
         Status::TenantMismatch,
         Status::TooWide,
+        Status::Stale,
     ];
 
     pub fn from_u8(value: u8) -> Option<Status> {
@@ -100,6 +105,7 @@ impl Status {
             Status::AddressDenied => "address_denied",
             Status::TenantMismatch => "tenant_mismatch",
             Status::TooWide => "too_wide",
+            Status::Stale => "stale",
         }
     }
 
@@ -307,6 +313,8 @@ pub enum RequestKind<'a> {
     VerifyBatch(BatchItems<'a>, usize),
     Derive(DeriveRequest<'a>),
     RevokeSelf(VerifyRequest<'a>),
+    /// A VERIFY to be answered only at or after this delta sequence.
+    VerifyAt(u64, VerifyRequest<'a>),
     /// An opcode the verify port does not know (answered with `unknown_opcode`).
     Unknown(u8),
 }
@@ -328,6 +336,9 @@ pub fn decode_request(
             .map(|count| RequestKind::VerifyBatch(BatchItems::new(body).expect("checked"), count)),
         opcode::DERIVE => parse_derive(body).map(RequestKind::Derive),
         opcode::REVOKE_SELF => parse_revoke_self(body).map(RequestKind::RevokeSelf),
+        opcode::VERIFY_AT => {
+            parse_verify_at(body).map(|(sequence, verify)| RequestKind::VerifyAt(sequence, verify))
+        }
         other => Ok(RequestKind::Unknown(other)),
     };
     Ok(Some(Request {
@@ -528,6 +539,12 @@ pub fn parse_revoke_self(body: &[u8]) -> Result<VerifyRequest<'_>, BodyError> {
     Ok(request)
 }
 
+/// Parses a VERIFY_AT body: the least sequence (u64 LE), then a VERIFY body.
+pub fn parse_verify_at(body: &[u8]) -> Result<(u64, VerifyRequest<'_>), BodyError> {
+    let (sequence, verify) = body.split_first_chunk::<8>().ok_or(BodyError::Truncated)?;
+    Ok((u64::from_le_bytes(*sequence), parse_verify(verify)?))
+}
+
 /// Parses a VERIFY body.
 pub fn parse_verify(body: &[u8]) -> Result<VerifyRequest<'_>, BodyError> {
     let mut reader = Reader { bytes: body };
@@ -615,6 +632,25 @@ pub fn put_verify_frame(out: &mut Vec<u8>, request_id: u32, request: &VerifyRequ
     let start = begin_frame(out, opcode::VERIFY, request_id);
     put_verify(out, request);
     end_frame(out, start);
+}
+
+/// Appends a whole VERIFY_AT frame: answered only once the server has applied `sequence`.
+pub fn put_verify_at_frame(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    sequence: u64,
+    request: &VerifyRequest<'_>,
+) {
+    let start = begin_frame(out, opcode::VERIFY_AT, request_id);
+    out.extend_from_slice(&sequence.to_le_bytes());
+    put_verify(out, request);
+    end_frame(out, start);
+}
+
+/// Parses a VERIFY_AT_RESULT body: the sequence the answer was decided at, and the result.
+pub fn parse_verify_at_result(body: &[u8]) -> Result<(u64, VerifyResult), BodyError> {
+    let (sequence, result) = body.split_first_chunk::<8>().ok_or(BodyError::Truncated)?;
+    Ok((u64::from_le_bytes(*sequence), parse_result(result)?))
 }
 
 /// Appends a whole VERIFY_BATCH frame. Panics on 0 or more than [`BATCH_ITEMS_MAX`] items.

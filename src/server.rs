@@ -185,6 +185,7 @@ pub fn run(
         receive_buffer_bytes: config.receive_buffer_bytes,
         output_bytes_max: config.unsent_bytes_per_connection_max,
         busy_poll: Duration::from_micros(config.busy_poll_us),
+        verify_at_wait: Duration::from_millis(config.verify_at_wait_ms),
     };
     let mut handles = Vec::with_capacity(cpus.len());
     for (index, ((cpu, listener), link)) in

@@ -58,6 +58,23 @@ pub struct ShardSettings {
     pub output_bytes_max: usize,
     /// How long a shard keeps looking for work before it sleeps in the kernel.
     pub busy_poll: Duration,
+    /// How long a VERIFY_AT may wait for the sequence it asks for before it is answered
+    /// `stale`.
+    pub verify_at_wait: Duration,
+}
+
+/// VERIFY_ATs waiting in one shard at most; past it a VERIFY_AT this shard is not yet at is
+/// answered `stale` at once.
+const PARKED_MAX: usize = 4096;
+
+/// A VERIFY_AT waiting for a sequence this shard has not applied yet.
+struct Parked {
+    connection: ConnectionId,
+    request_id: u32,
+    sequence: u64,
+    /// The VERIFY body, copied (the receive buffer it came in is reused).
+    body: Vec<u8>,
+    deadline: Instant,
 }
 
 /// What a shard did, reported when it stops.
@@ -104,6 +121,8 @@ struct Shard {
     /// Per-key usage since the last report, and when that was.
     tallies: Tallies,
     reported: Instant,
+    /// VERIFY_ATs waiting for a sequence, in arrival order (so by deadline too).
+    parked: Vec<Parked>,
 }
 
 /// Serves on the calling thread (pinned by the caller) until `shutdown`; returns the counters.
@@ -154,6 +173,7 @@ pub fn serve(
         answered_in_turn: 0,
         tallies: Tallies::default(),
         reported: Instant::now(),
+        parked: Vec::new(),
     };
     let stop = shutdown.flag();
     debug_start_delay(index);
@@ -257,6 +277,8 @@ impl Service for Shard {
         }
         if applied_any {
             self.link.ring();
+            let applied = self.overlay.sequence();
+            self.release_parked(finished, |parked| parked.sequence <= applied);
         }
         while let Some(RevocationAnswer { ticket, done }) = self.link.queues.revoked.pop() {
             let Some((connection, request_id)) = self.waiting.remove(&ticket) else {
@@ -273,6 +295,14 @@ impl Service for Shard {
             }
             finished.push((connection, answer));
         }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.parked.first().map(|parked| parked.deadline)
+    }
+
+    fn expire(&mut self, now: Instant, finished: &mut Vec<(ConnectionId, Vec<u8>)>) {
+        self.release_parked(finished, |parked| parked.deadline <= now);
     }
 
     fn begin_turn(&mut self) {
@@ -328,7 +358,8 @@ const OPERATION_VERIFY: usize = 1;
 const OPERATION_VERIFY_BATCH: usize = 2;
 const OPERATION_DERIVE: usize = 3;
 const OPERATION_REVOKE_SELF: usize = 4;
-const OPERATION_UNKNOWN: usize = 5;
+const OPERATION_VERIFY_AT: usize = 5;
+const OPERATION_UNKNOWN: usize = 6;
 
 impl Shard {
     /// Hands the usage tallies to the control plane, at most once per [`REPORT_INTERVAL`]. A
@@ -343,6 +374,64 @@ impl Shard {
             let report = self.tallies.take(UnixSeconds::now().0);
             link::push(&self.link.queues.usage, report);
             self.link.ring();
+        }
+    }
+
+    /// Answers a VERIFY_AT at the sequence this shard has applied.
+    fn verify_at(
+        &mut self,
+        out: &mut Vec<u8>,
+        request_id: u32,
+        verify: &protocol::VerifyRequest<'_>,
+    ) {
+        let table = TableView {
+            snapshot: &self.snapshot,
+            overlay: &self.overlay,
+        };
+        let verdict = self.verifier.verify(&table, verify, self.now);
+        self.by_status[verdict.status as usize] += 1;
+        self.metrics.count_verify(verdict.status, verdict.kind);
+        tally(&mut self.tallies, &verdict);
+        let start = protocol::begin_frame(out, protocol::opcode::VERIFY_AT_RESULT, request_id);
+        out.extend_from_slice(&self.overlay.sequence().to_le_bytes());
+        verify::put_verdict(out, &verdict);
+        protocol::end_frame(out, start);
+    }
+
+    /// Answers a VERIFY_AT `stale`: this shard has not applied the sequence asked for.
+    fn stale(&mut self, out: &mut Vec<u8>, request_id: u32) {
+        self.by_status[Status::Stale as usize] += 1;
+        let start = protocol::begin_frame(out, protocol::opcode::VERIFY_AT_RESULT, request_id);
+        out.extend_from_slice(&self.overlay.sequence().to_le_bytes());
+        out.push(Status::Stale as u8);
+        protocol::end_frame(out, start);
+    }
+
+    /// Answers the parked VERIFY_ATs `release` picks: at the sequence now applied when they
+    /// reached it, else `stale`.
+    fn release_parked(
+        &mut self,
+        finished: &mut Vec<(ConnectionId, Vec<u8>)>,
+        release: impl Fn(&Parked) -> bool,
+    ) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let applied = self.overlay.sequence();
+        let (due, waiting): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(release);
+        self.parked = waiting;
+        for parked in due {
+            let mut answer = Vec::new();
+            match protocol::parse_verify(&parked.body) {
+                Ok(verify) if applied >= parked.sequence => {
+                    self.now = UnixSeconds::now();
+                    self.verify_at(&mut answer, parked.request_id, &verify)
+                }
+                _ => self.stale(&mut answer, parked.request_id),
+            }
+            finished.push((parked.connection, answer));
         }
     }
 
@@ -461,6 +550,27 @@ impl Shard {
             RequestKind::RevokeSelf(revoke) => {
                 self.metrics.requests[OPERATION_REVOKE_SELF] += 1;
                 return self.revoke_self(connection, request_id, &revoke, out);
+            }
+            RequestKind::VerifyAt(sequence, verify) => {
+                self.metrics.requests[OPERATION_VERIFY_AT] += 1;
+                let applied = self.overlay.sequence();
+                if applied >= sequence {
+                    self.verify_at(out, request_id, &verify);
+                } else if self.settings.verify_at_wait.is_zero() || self.parked.len() >= PARKED_MAX
+                {
+                    self.stale(out, request_id);
+                } else {
+                    let mut body = Vec::with_capacity(64);
+                    protocol::put_verify(&mut body, &verify);
+                    self.parked.push(Parked {
+                        connection,
+                        request_id,
+                        sequence,
+                        body,
+                        deadline: Instant::now() + self.settings.verify_at_wait,
+                    });
+                    return Step::Wait;
+                }
             }
             RequestKind::Unknown(opcode) => {
                 self.metrics.requests[OPERATION_UNKNOWN] += 1;

@@ -469,3 +469,123 @@ fn changes_go_on_with_one_nats_server_down_and_stop_clearly_with_two() {
         assert_eq!(node.status(&credential), Status::Valid);
     }
 }
+
+#[test]
+fn a_verify_at_a_revocations_sequence_is_never_valid_on_another_node() {
+    let Some(cluster) = cluster() else { return };
+    let [a, _, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    const TRIES: usize = 1000;
+    let keys: Vec<Value> = (0..TRIES)
+        .map(|i| json!({ "credential": format!("sk_live_zookie_{i:06}_padding") }))
+        .collect();
+    let imported = a
+        .admin()
+        .call(opcode::IMPORT, &json!({ "keys": keys }))
+        .unwrap();
+    let ids: Vec<u64> = imported["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), TRIES);
+    c.expect("sk_live_zookie_000999_padding", Status::Valid);
+    // Verify load on C for the whole run (bounded: it stops when the tries are done).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, address) = (stop.clone(), c.server.address);
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                let requests: Vec<VerifyRequest> = (0..16)
+                    .map(|_| VerifyRequest {
+                        credential: b"sk_live_zookie_000999_padding",
+                        ..Default::default()
+                    })
+                    .collect();
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 50_000_000 {
+                    client.verify_pipelined(&requests).unwrap();
+                    sent += 16;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut admin = a.admin();
+    let mut client = Client::connect(c.server.address).unwrap();
+    let (mut revoked, mut stale) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        let answer = admin.call(opcode::REVOKE, &json!({ "id": id })).unwrap();
+        let sequence = answer["sequence"].as_u64().unwrap();
+        let credential = format!("sk_live_zookie_{i:06}_padding");
+        let request = VerifyRequest {
+            credential: credential.as_bytes(),
+            ..Default::default()
+        };
+        let (decided_at, result) = client.verify_at(sequence, &request).unwrap();
+        match result.status {
+            Status::Revoked => {
+                assert!(
+                    decided_at >= sequence,
+                    "revoked at {decided_at} < {sequence}"
+                );
+                revoked += 1;
+            }
+            Status::Stale => {
+                assert!(decided_at < sequence, "stale at {decided_at} ≥ {sequence}");
+                stale += 1;
+            }
+            other => panic!(
+                "try {i}: C answered {other:?} at {decided_at} for a key revoked at {sequence}"
+            ),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let verified: u64 = load.into_iter().map(|t| t.join().unwrap()).sum();
+    eprintln!("{revoked} revoked, {stale} stale (C waited for the sequence); {verified} verifies of load meanwhile");
+    assert!(
+        revoked > 0,
+        "C never caught up within its wait: {stale} stale"
+    );
+    assert!(verified > 0);
+}
+
+#[test]
+fn verify_at_in_local_mode_answers_at_once_or_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start(dir.path(), &["--shards", "1"]);
+    let answer = server
+        .admin()
+        .call(opcode::ISSUE, &json!({ "tenant": "t" }))
+        .unwrap();
+    let sequence = answer["sequence"].as_u64().unwrap();
+    assert_eq!(sequence, 1, "{answer}");
+    let credential = answer["credential"].as_str().unwrap();
+    let request = VerifyRequest {
+        credential: credential.as_bytes(),
+        ..Default::default()
+    };
+    let mut client = Client::connect(server.address).unwrap();
+    let (at, result) = client.verify_at(sequence, &request).unwrap();
+    assert_eq!((at, result.status), (1, Status::Valid));
+    assert_eq!(result.grant.unwrap().tenant, "t");
+    // A sequence nobody has reached: `stale` after the wait, never an answer from before it.
+    let started = Instant::now();
+    let (at, result) = client.verify_at(99, &request).unwrap();
+    assert_eq!((at, result.status), (1, Status::Stale));
+    assert!(started.elapsed() >= Duration::from_millis(4));
+    // The connection goes on; old VERIFY is unchanged.
+    assert_eq!(client.verify(&request).unwrap().status, Status::Valid);
+    // A body too short for its sequence is a bad body, and the connection stays open.
+    let mut frame = Vec::new();
+    keyward::protocol::put_header(&mut frame, keyward::protocol::opcode::VERIFY_AT, 7, 3);
+    frame.extend_from_slice(&[1, 2, 3]);
+    let mut raw = std::net::TcpStream::connect(server.address).unwrap();
+    std::io::Write::write_all(&mut raw, &frame).unwrap();
+    let (header, body) = keyward::client::read_frame(&mut raw).unwrap();
+    assert_eq!(header.opcode, keyward::protocol::opcode::ERROR);
+    assert_eq!(body[0], keyward::protocol::ErrorCode::BadBody as u8);
+}

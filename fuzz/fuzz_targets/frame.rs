@@ -64,6 +64,20 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(&again[protocol::HEADER_BYTES..], frame.body, "DERIVE body did not round-trip");
                 }
             }
+            opcode::VERIFY_AT => {
+                if let Ok((sequence, request)) = protocol::parse_verify_at(frame.body) {
+                    let mut again = Vec::new();
+                    protocol::put_verify_at_frame(&mut again, frame.header.request_id, sequence, &request);
+                    assert_eq!(&again[protocol::HEADER_BYTES..], frame.body, "VERIFY_AT body did not round-trip");
+                }
+            }
+            opcode::VERIFY_AT_RESULT => {
+                if let Ok((sequence, result)) = protocol::parse_verify_at_result(frame.body) {
+                    let mut again = sequence.to_le_bytes().to_vec();
+                    protocol::put_result(&mut again, &result);
+                    assert_eq!(protocol::parse_verify_at_result(&again).unwrap(), (sequence, result));
+                }
+            }
             opcode::REVOKE_SELF => {
                 if let Ok(request) = protocol::parse_revoke_self(frame.body) {
                     assert!(request.scope.is_none() && request.tenant.is_none() && request.address.is_none());

@@ -340,6 +340,15 @@ async fn dispatch(
     } else {
         run(control, &caller, opcode, json).await
     };
+    let mut outcome = outcome;
+    if changes_keys(opcode) {
+        // Every acknowledged change carries a sequence this node has applied it at: a VERIFY_AT
+        // with it, on any node, is answered only by a node that has applied the change too.
+        if let Ok(serde_json::Value::Object(answer)) = &mut outcome {
+            let applied = control.durable.borrow().applied;
+            answer.insert("sequence".into(), applied.into());
+        }
+    }
     if caller.audited.get() {
         return outcome;
     }
@@ -389,6 +398,14 @@ fn subject_of(control: &Control, json: &[u8], entry: &mut crate::audit::Entry) {
             ) && !t.starts_with(&token)
         })
         .map(str::to_string);
+}
+
+/// Whether `opcode` changes keys (and its answer carries the sequence of the change).
+fn changes_keys(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        opcode::ISSUE | opcode::IMPORT | opcode::REVOKE | opcode::ROTATE | opcode::UPDATE
+    )
 }
 
 /// Parses and runs one request the admin's role allows.

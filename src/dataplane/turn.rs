@@ -77,6 +77,15 @@ pub trait Service {
     /// The loop's clock tick (at most every 50 ms, never per request), with what the loop has
     /// counted so far; once more when the loop stops.
     fn tick(&mut self, _report: &TurnReport) {}
+
+    /// The earliest moment a waiting request must be answered even if nothing arrives; the
+    /// loop sleeps no longer than that.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The deadline passed: push the answers of the waits that ran out.
+    fn expire(&mut self, _now: Instant, _finished: &mut Vec<(ConnectionId, Vec<u8>)>) {}
 }
 
 /// The bounds of one turn loop.
@@ -245,9 +254,13 @@ pub fn serve(
         let entered = if polling {
             turn.poll_once()
         } else {
+            let due = service.deadline().map_or(settings.stop_poll, |d| {
+                d.saturating_duration_since(turn.now)
+            });
             let wait = next_tick
                 .saturating_duration_since(turn.now)
-                .min(settings.stop_poll);
+                .min(settings.stop_poll)
+                .min(due);
             let queued = turn.ring.submission().len() as u32;
             turn.report.submissions += u64::from(queued);
             turn.enter.enter(queued, 1, Some(wait))
@@ -301,6 +314,12 @@ pub fn serve(
         }
         if let Some(error) = failure {
             break Err(error);
+        }
+        if service.deadline().is_some_and(|due| due <= turn.now) {
+            service.expire(turn.now, &mut finished);
+            for (id, answer) in finished.drain(..) {
+                turn.resume(id, &answer, service);
+            }
         }
         if let Err(error) = turn.end_of_turn() {
             break Err(error);

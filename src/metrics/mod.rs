@@ -18,12 +18,13 @@ use crate::protocol::{ErrorCode, Status};
 use crate::verify::CredentialKind;
 
 /// The verify port's requests, by opcode, as labelled.
-pub const OPERATIONS: [&str; 6] = [
+pub const OPERATIONS: [&str; 7] = [
     "ping",
     "verify",
     "verify_batch",
     "derive",
     "revoke_self",
+    "verify_at",
     "unknown",
 ];
 
