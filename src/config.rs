@@ -44,6 +44,10 @@ pub struct ServerConfig {
     /// How long a VERIFY_AT may wait for the sequence it asks for before it is answered
     /// `stale`, in ms (0: at once).
     pub verify_at_wait_ms: u64,
+    /// Replicated mode: once the change stream has been silent this long, answer `stale`
+    /// instead of `valid` until it answers again (fail closed); 0 keeps answering from the
+    /// last state however long it lasts (docs/CLUSTER.md argues the default).
+    pub max_staleness_ms: u64,
     /// Number of shards; 0 means one per available CPU.
     pub shards: usize,
     /// CPUs to pin shards to, in order; empty means the CPUs this process may run on.
@@ -121,6 +125,7 @@ impl Default for ServerConfig {
             nats_replicas: 3,
             node_name: String::new(),
             verify_at_wait_ms: 5,
+            max_staleness_ms: 0,
             shards: 0,
             cpus: Vec::new(),
             connections_per_shard_max: 4096,
@@ -226,6 +231,12 @@ impl ServerConfig {
         range("shards", self.shards, 0, SHARDS_MAX)?;
         self.validate_replication()?;
         range("verify_at_wait_ms", self.verify_at_wait_ms, 0, 1000)?;
+        range(
+            "max_staleness_ms",
+            self.max_staleness_ms,
+            0,
+            7 * 24 * 3600 * 1000,
+        )?;
         range(
             "connections_per_shard_max",
             self.connections_per_shard_max,
@@ -392,6 +403,7 @@ impl ServerConfig {
             credentials: (!self.nats_credentials.is_empty())
                 .then(|| PathBuf::from(&self.nats_credentials)),
             replicas: self.nats_replicas,
+            max_staleness: std::time::Duration::from_millis(self.max_staleness_ms),
             node: if self.node_name.is_empty() {
                 host_name()
             } else {

@@ -75,6 +75,10 @@ struct ServeArgs {
     /// stale [default: 5]
     #[arg(long, value_name = "MS")]
     verify_at_wait_ms: Option<u64>,
+    /// Replicated mode: once the change stream has been silent this long, answer stale
+    /// instead of valid until it answers again; 0 keeps answering [default: 0]
+    #[arg(long, value_name = "MS")]
+    max_staleness_ms: Option<u64>,
     /// Number of shards (one pinned thread each) [default: one per available CPU]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -168,6 +172,7 @@ impl ServeArgs {
             nats_replicas,
             node_name,
             verify_at_wait_ms,
+            max_staleness_ms,
             shards,
             cpus,
             connections_per_shard_max,

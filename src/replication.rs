@@ -36,6 +36,8 @@ pub struct NatsSettings {
     pub stream: String,
     pub credentials: Option<PathBuf>,
     pub replicas: usize,
+    /// Fail closed once the stream has been silent this long (zero: never).
+    pub max_staleness: Duration,
     /// This node's name, for the NATS connection and the audit trail.
     pub node: String,
 }
@@ -191,6 +193,7 @@ impl Replica {
 pub fn start(
     settings: NatsSettings,
     after: u64,
+    fail_closed: Arc<AtomicBool>,
 ) -> std::io::Result<(Replica, mpsc::Receiver<Incoming>)> {
     let (publish, requests) = mpsc::channel(1024);
     let (deliver, incoming) = mpsc::channel(INCOMING_MAX);
@@ -217,6 +220,7 @@ pub fn start(
                 requests,
                 deliver,
                 thread_status,
+                fail_closed,
             ));
         })?;
     let replica = Replica {
@@ -233,8 +237,14 @@ async fn run(
     mut requests: mpsc::Receiver<PublishRequest>,
     deliver: mpsc::Sender<Incoming>,
     status: Arc<StreamStatus>,
+    fail_closed: Arc<AtomicBool>,
 ) {
     let opened = Arc::new(std::sync::OnceLock::new());
+    tokio::spawn(guard_staleness(
+        settings.max_staleness,
+        status.clone(),
+        fail_closed,
+    ));
     tokio::spawn(open(
         settings.clone(),
         after,
@@ -421,6 +431,37 @@ async fn publish_one(
             }
             _ => return Err(PublishFailure::Unavailable(error.to_string())),
         }
+    }
+}
+
+/// Sets `fail_closed` while the stream has been silent (no answer from it, connected or not)
+/// for longer than `max_staleness`, and clears it once it answers again; checked 10 times a
+/// second.
+async fn guard_staleness(
+    max_staleness: Duration,
+    status: Arc<StreamStatus>,
+    fail_closed: Arc<AtomicBool>,
+) {
+    if max_staleness.is_zero() {
+        return;
+    }
+    loop {
+        // Before the stream first answers, the silence counts from the start.
+        let silent = status
+            .silent_for()
+            .unwrap_or_else(|| status.started.get().map_or(Duration::ZERO, |s| s.elapsed()));
+        let stale = silent > max_staleness;
+        if fail_closed.swap(stale, Ordering::Relaxed) != stale {
+            if stale {
+                crate::log_error!(
+                    "the change stream has been silent for {} ms, past max_staleness_ms: valid keys are answered stale until it answers again",
+                    silent.as_millis()
+                );
+            } else {
+                crate::log_info!("the change stream answers again: valid keys are answered valid");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

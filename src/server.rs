@@ -245,9 +245,11 @@ pub fn run(
         Some(settings) => {
             crate::cluster::check_marker(data_dir.path(), &settings.stream, sequence)
                 .map_err(ServerError::Cluster)?;
-            let started = crate::replication::start(settings, sequence).map_err(|e| {
-                ServerError::Cluster(format!("cannot start the NATS client thread: {e}"))
-            })?;
+            let fail_closed = board.fail_closed.clone();
+            let started =
+                crate::replication::start(settings, sequence, fail_closed).map_err(|e| {
+                    ServerError::Cluster(format!("cannot start the NATS client thread: {e}"))
+                })?;
             Some(started)
         }
         None => None,

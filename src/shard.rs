@@ -123,6 +123,9 @@ struct Shard {
     reported: Instant,
     /// VERIFY_ATs waiting for a sequence, in arrival order (so by deadline too).
     parked: Vec<Parked>,
+    /// Replicated mode, read at each turn: the change stream has been silent past
+    /// `max_staleness_ms`, so `valid` is answered `stale`.
+    fail_closed: bool,
 }
 
 /// Serves on the calling thread (pinned by the caller) until `shutdown`; returns the counters.
@@ -174,6 +177,7 @@ pub fn serve(
         tallies: Tallies::default(),
         reported: Instant::now(),
         parked: Vec::new(),
+        fail_closed: false,
     };
     let stop = shutdown.flag();
     debug_start_delay(index);
@@ -307,6 +311,10 @@ impl Service for Shard {
 
     fn begin_turn(&mut self) {
         self.now = UnixSeconds::now();
+        self.fail_closed = self
+            .board
+            .fail_closed
+            .load(std::sync::atomic::Ordering::Relaxed);
     }
 
     fn end_turn(&mut self, started: Instant) {
@@ -352,6 +360,16 @@ fn tally(tallies: &mut Tallies, verdict: &Verdict<'_>) {
     tallies.count(record.id().0, outcome);
 }
 
+/// Fails closed: while the change stream has been silent past `max_staleness_ms`, a `valid`
+/// verdict is answered `stale` (every other verdict stands).
+#[inline]
+fn closed(fail_closed: bool, mut verdict: Verdict<'_>) -> Verdict<'_> {
+    if fail_closed && verdict.status == Status::Valid {
+        verdict.status = Status::Stale;
+    }
+    verdict
+}
+
 /// [`crate::metrics::OPERATIONS`] indices.
 const OPERATION_PING: usize = 0;
 const OPERATION_VERIFY: usize = 1;
@@ -388,7 +406,10 @@ impl Shard {
             snapshot: &self.snapshot,
             overlay: &self.overlay,
         };
-        let verdict = self.verifier.verify(&table, verify, self.now);
+        let verdict = closed(
+            self.fail_closed,
+            self.verifier.verify(&table, verify, self.now),
+        );
         self.by_status[verdict.status as usize] += 1;
         self.metrics.count_verify(verdict.status, verdict.kind);
         tally(&mut self.tallies, &verdict);
@@ -510,7 +531,10 @@ impl Shard {
             }
             RequestKind::Verify(verify) => {
                 self.metrics.requests[OPERATION_VERIFY] += 1;
-                let verdict = self.verifier.verify(&table, &verify, self.now);
+                let verdict = closed(
+                    self.fail_closed,
+                    self.verifier.verify(&table, &verify, self.now),
+                );
                 self.by_status[verdict.status as usize] += 1;
                 self.metrics.count_verify(verdict.status, verdict.kind);
                 tally(&mut self.tallies, &verdict);
@@ -528,9 +552,10 @@ impl Shard {
                 let by_status = &mut self.by_status;
                 let metrics = &mut self.metrics;
                 let tallies = &mut self.tallies;
+                let fail_closed = self.fail_closed;
                 verify::put_batch_frame(out, request_id, count, || {
                     let item = items.next().expect("checked count").expect("checked item");
-                    let verdict = verifier.verify(&table, &item, now);
+                    let verdict = closed(fail_closed, verifier.verify(&table, &item, now));
                     by_status[verdict.status as usize] += 1;
                     metrics.count_verify(verdict.status, verdict.kind);
                     tally(tallies, &verdict);

@@ -102,6 +102,12 @@ impl Nats {
         urls.join(",")
     }
 
+    fn restart(&mut self, i: usize) {
+        assert!(self.servers[i].is_none());
+        self.servers[i] = Some(self.spawn(i));
+        self.wait_for_clients();
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.servers[i].take() {
             let _ = child.kill();
@@ -127,17 +133,20 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path, nats_urls: &str, name: &str) -> Node {
-        let server = common::Server::start(
-            dir,
-            &[
-                "--replication",
-                "nats",
-                "--nats-servers",
-                nats_urls,
-                "--node-name",
-                name,
-            ],
-        );
+        Node::start_with(dir, nats_urls, name, &[])
+    }
+
+    fn start_with(dir: &Path, nats_urls: &str, name: &str, extra: &[&str]) -> Node {
+        let mut args = vec![
+            "--replication",
+            "nats",
+            "--nats-servers",
+            nats_urls,
+            "--node-name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        let server = common::Server::start(dir, &args);
         let node = Node {
             server,
             dir: dir.to_path_buf(),
@@ -588,4 +597,55 @@ fn verify_at_in_local_mode_answers_at_once_or_stale() {
     let (header, body) = keyward::client::read_frame(&mut raw).unwrap();
     assert_eq!(header.opcode, keyward::protocol::opcode::ERROR);
     assert_eq!(body[0], keyward::protocol::ErrorCode::BadBody as u8);
+}
+
+#[test]
+fn past_max_staleness_a_node_fails_closed_and_recovers() {
+    let Some(mut cluster) = cluster() else { return };
+    let (credential, id) = issue(&mut cluster.nodes[0].admin(), json!({}));
+    let (revoked, revoked_id) = issue(&mut cluster.nodes[0].admin(), json!({}));
+    cluster.nodes[0]
+        .admin()
+        .call(opcode::REVOKE, &json!({ "id": revoked_id }))
+        .unwrap();
+    // Node 2 again, failing closed after 500 ms of silence; node 1 keeps the default.
+    let old = cluster.nodes.pop().unwrap();
+    let (dir, urls) = (old.dir.clone(), old.nats_urls.clone());
+    drop(old);
+    let strict = Node::start_with(&dir, &urls, "node-2", &["--max-staleness-ms", "500"]);
+    strict.expect(&credential, Status::Valid);
+    strict.expect(&revoked, Status::Revoked);
+    let metrics = strict.server.metrics.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::http_get(metrics, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..3 {
+        cluster.nats.kill(i);
+    }
+    // Silent: the strict node answers stale for the valid key (never valid), keeps refusing the
+    // revoked one, and says why it is not ready; the default node keeps answering valid.
+    strict.expect(&credential, Status::Stale);
+    assert_eq!(strict.status(&revoked), Status::Revoked);
+    let (code, body) = common::http_get(metrics, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("max_staleness_ms"), "{body}");
+    assert_eq!(cluster.nodes[1].status(&credential), Status::Valid);
+    // The stream answers again: valid again.
+    for i in 0..3 {
+        cluster.nats.restart(i);
+    }
+    // (JetStream elects its leaders again first: seconds.)
+    let back = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while strict.status(&credential) != Status::Valid {
+        assert!(
+            Instant::now() < deadline,
+            "still stale a minute after NATS came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("valid again {:?} after NATS came back", back.elapsed());
+    let _ = id;
 }

@@ -11,7 +11,8 @@ pub mod exposition;
 pub mod http;
 pub mod scrape;
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::protocol::{ErrorCode, Status};
@@ -171,6 +172,9 @@ pub struct Board {
     /// publishes its own).
     pub snapshot_records: u64,
     pub snapshot_sequence: u64,
+    /// Replicated mode: set while the change stream has been silent past `max_staleness_ms`;
+    /// shards then answer `stale` instead of `valid` (docs/CLUSTER.md). Read once per turn.
+    pub fail_closed: Arc<AtomicBool>,
 }
 
 impl Board {
@@ -181,6 +185,7 @@ impl Board {
             started: Instant::now(),
             snapshot_records,
             snapshot_sequence,
+            fail_closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -234,8 +239,13 @@ impl Board {
         }
         if let Some(why) = control.broken {
             reasons.push(format!(
-                "the delta log is not writable ({why}); changes are refused"
+                "the delta log is not writable or not followed ({why}); changes are refused"
             ));
+        }
+        if self.fail_closed.load(Ordering::Relaxed) {
+            reasons.push(
+                "the change stream has been silent past max_staleness_ms: valid keys are answered stale".to_string(),
+            );
         }
         if reasons.is_empty() {
             Ok(())
