@@ -131,6 +131,9 @@ fn report(
 
 pub fn run(args: &Args) -> Result<bool, String> {
     let token = token(&args.token_file)?;
+    if args.op == Op::Propagation {
+        return crate::propagation::run(args, &token);
+    }
     let clients = args.connections;
     let per_client = args.control_requests().div_ceil(clients);
     let tag = format!(
@@ -219,7 +222,9 @@ pub fn run(args: &Args) -> Result<bool, String> {
             )?;
             report(args, "import", clients, &histogram, elapsed, batch as u64);
         }
-        Op::Verify | Op::Ping => unreachable!("not a control operation"),
+        Op::Verify | Op::Ping | Op::Propagation => {
+            unreachable!("handled above, or not a control operation")
+        }
     }
     Ok(true)
 }

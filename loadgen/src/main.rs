@@ -26,6 +26,7 @@ use keyward::protocol::{self, Status};
 mod control;
 mod drive;
 mod prepare;
+mod propagation;
 mod report;
 
 use drive::{new_histogram, Schedule, Shared, ThreadPlan};
@@ -180,6 +181,9 @@ pub enum Op {
     Revoke,
     /// Control port: IMPORT --requests keys in batches of --batch (default 1000).
     Import,
+    /// Revoke --requests keys (default 1000) on --control, one at a time, and time how long
+    /// each stays valid on --server (another node of a cluster) after the acknowledgement.
+    Propagation,
 }
 
 impl Op {
@@ -190,6 +194,7 @@ impl Op {
             Op::Issue => "issue",
             Op::Revoke => "revoke",
             Op::Import => "import",
+            Op::Propagation => "propagation",
         }
     }
 }
@@ -260,7 +265,10 @@ fn parse_time(text: &str) -> Result<Duration, String> {
 
 fn validate(args: &Args) -> Result<(), String> {
     let check = |ok: bool, message: &str| if ok { Ok(()) } else { Err(message.to_string()) };
-    let control = matches!(args.op, Op::Issue | Op::Revoke | Op::Import);
+    let control = matches!(
+        args.op,
+        Op::Issue | Op::Revoke | Op::Import | Op::Propagation
+    );
     check(
         (1..=CONNECTIONS_MAX).contains(&args.connections),
         "--connections must be 1 to 65536",
@@ -362,7 +370,10 @@ fn validate(args: &Args) -> Result<(), String> {
 
 fn run(args: Args) -> Result<bool, String> {
     validate(&args)?;
-    if matches!(args.op, Op::Issue | Op::Revoke | Op::Import) {
+    if matches!(
+        args.op,
+        Op::Issue | Op::Revoke | Op::Import | Op::Propagation
+    ) {
         return control::run(&args);
     }
     let requests = Arc::new(build_requests(&args)?);

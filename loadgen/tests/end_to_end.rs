@@ -36,6 +36,7 @@ impl Drop for Process {
 struct Keyward {
     _process: Process,
     verify: String,
+    control: String,
     /// The metrics listener, when started with one.
     metrics: Option<std::net::SocketAddr>,
     dir: tempfile::TempDir,
@@ -83,11 +84,15 @@ fn keyward_with(count: usize, listen: impl FnOnce(&Path) -> String, metrics: &st
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut verify = None;
+    let mut control = None;
     let mut metrics_address = None;
     loop {
         let line = lines.next().expect("server exited").unwrap();
         if let Some(rest) = line.split("verify port listening on ").nth(1) {
             verify = Some(rest.split_whitespace().next().unwrap().to_string());
+        }
+        if let Some(rest) = line.split("control port listening on ").nth(1) {
+            control = Some(rest.split_whitespace().next().unwrap().to_string());
         }
         if let Some(rest) = line.split("metrics listening on ").nth(1) {
             metrics_address = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
@@ -101,6 +106,7 @@ fn keyward_with(count: usize, listen: impl FnOnce(&Path) -> String, metrics: &st
     Keyward {
         _process: Process(child),
         verify: verify.expect("verify port line"),
+        control: control.expect("control port line"),
         metrics: metrics_address,
         dir,
     }
@@ -651,4 +657,31 @@ fn a_server_that_hangs_up_is_an_error() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not today"), "{stderr}");
+}
+
+#[test]
+fn propagation_revokes_on_the_control_port_and_watches_the_verify_port() {
+    let server = keyward(20);
+    let token = server.dir.path().join("data").join("admin.token");
+    let report = report(
+        &[
+            "--op",
+            "propagation",
+            "--control",
+            &server.control,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--server",
+            &server.verify,
+            "--requests",
+            "50",
+        ],
+        0,
+    );
+    assert_eq!(report["op"], "propagation");
+    assert_eq!(report["revocations"], 50);
+    // One node: every shard has applied a revocation before its acknowledgement, so the first
+    // VERIFY after it is refused: one VERIFY per revocation.
+    assert_eq!(report["verifies_polled"], 50, "{report}");
+    assert!(report["ack_p50_us"].as_f64().unwrap() > 0.0);
 }
