@@ -250,6 +250,7 @@ pub fn run(
                 crate::replication::start(settings, sequence, fail_closed).map_err(|e| {
                     ServerError::Cluster(format!("cannot start the NATS client thread: {e}"))
                 })?;
+            let _ = board.replication.set(started.0.status.clone());
             Some(started)
         }
         None => None,

@@ -353,6 +353,17 @@ fn a_change_on_any_node_reaches_every_node() {
     let stats = c.stats(false);
     assert_eq!(stats["replication"]["mode"], "nats", "{stats}");
     assert_eq!(stats["replication"]["connected"], true, "{stats}");
+    let (code, metrics) = common::http_get(c.server.metrics.unwrap(), "/metrics");
+    assert_eq!(code, 200);
+    for line in [
+        "keyward_replication_connected 1",
+        "keyward_replication_following 1",
+        "keyward_replication_fail_closed 0",
+        "keyward_replication_behind ",
+        "keyward_replication_silent_seconds ",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
+    }
     // Each node's audit trail holds every change, with the node that took it.
     let audit = std::fs::read_to_string(c.dir.join("audit.log")).unwrap();
     let revoke_line = audit

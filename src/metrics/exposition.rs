@@ -259,6 +259,46 @@ impl Collector for BoardCollector {
         ] {
             family(&mut encoder, name, help, metric_type, no_labels(value))?;
         }
+        if let Some(stream) = board.replication.get() {
+            let applied = control.applied_sequence;
+            for (name, help, value) in [
+                (
+                    "keyward_replication_connected",
+                    "Replicated mode: 1 while connected to a NATS server",
+                    u64::from(stream.connected()),
+                ),
+                (
+                    "keyward_replication_following",
+                    "Replicated mode: 1 once the change stream is open and followed",
+                    u64::from(stream.opened()),
+                ),
+                (
+                    "keyward_replication_stream_last_sequence",
+                    "Replicated mode: the change stream's last sequence, as last asked (twice a second)",
+                    stream.last_sequence(),
+                ),
+                (
+                    "keyward_replication_behind",
+                    "Replicated mode: changes in the stream not yet applied here (stream last sequence minus applied sequence)",
+                    stream.last_sequence().saturating_sub(applied),
+                ),
+                (
+                    "keyward_replication_fail_closed",
+                    "Replicated mode: 1 while the stream has been silent past max_staleness_ms (valid answered stale)",
+                    u64::from(board.fail_closed.load(std::sync::atomic::Ordering::Relaxed)),
+                ),
+            ] {
+                family(&mut encoder, name, help, gauge, no_labels(value))?;
+            }
+            encoder
+                .encode_descriptor(
+                    "keyward_replication_silent_seconds",
+                    "Replicated mode: seconds since the change stream last answered this node",
+                    None,
+                    gauge,
+                )?
+                .encode_gauge(&stream.silent_for().map_or(0.0, |d| d.as_secs_f64()))?;
+        }
         let mut service = super::Histogram::default();
         for shard in &shards {
             service.merge(&shard.service_seconds);

@@ -175,6 +175,8 @@ pub struct Board {
     /// Replicated mode: set while the change stream has been silent past `max_staleness_ms`;
     /// shards then answer `stale` instead of `valid` (docs/CLUSTER.md). Read once per turn.
     pub fail_closed: Arc<AtomicBool>,
+    /// Replicated mode: what the NATS thread knows of the stream, read on each scrape.
+    pub replication: std::sync::OnceLock<Arc<crate::replication::StreamStatus>>,
 }
 
 impl Board {
@@ -186,6 +188,7 @@ impl Board {
             snapshot_records,
             snapshot_sequence,
             fail_closed: Arc::new(AtomicBool::new(false)),
+            replication: std::sync::OnceLock::new(),
         }
     }
 
