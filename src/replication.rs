@@ -68,11 +68,30 @@ pub enum PublishFailure {
     Unavailable(String),
 }
 
-struct PublishRequest {
-    payload: Bytes,
-    expected_last: u64,
-    audit: String,
-    reply: oneshot::Sender<Result<u64, PublishFailure>>,
+enum Request {
+    Publish {
+        payload: Bytes,
+        expected_last: u64,
+        audit: String,
+        reply: oneshot::Sender<Result<u64, PublishFailure>>,
+    },
+    /// A snapshot this node compacted to: put it in the stream's object store, unless one at
+    /// least as new is there.
+    Snapshot(Arc<crate::snapshot::Snapshot>),
+}
+
+/// The object store bucket beside the stream, holding the latest snapshot.
+pub fn bucket_name(stream: &str) -> String {
+    format!("{stream}_SNAPSHOTS")
+}
+
+/// The one object in the bucket.
+const SNAPSHOT_OBJECT: &str = "snapshot";
+
+/// The snapshot object's description: the delta sequence it includes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotDescription {
+    sequence: u64,
 }
 
 /// What the stream thread knows, for metrics, `stats` and the staleness check.
@@ -154,7 +173,7 @@ impl StreamStatus {
 
 /// The control plane's end of the stream thread.
 pub struct Replica {
-    publish: mpsc::Sender<PublishRequest>,
+    publish: mpsc::Sender<Request>,
     pub status: Arc<StreamStatus>,
     pub settings: NatsSettings,
 }
@@ -169,7 +188,7 @@ impl Replica {
         audit: String,
     ) -> Result<u64, PublishFailure> {
         let (reply, answer) = oneshot::channel();
-        let request = PublishRequest {
+        let request = Request::Publish {
             payload: Bytes::from(payload),
             expected_last,
             audit,
@@ -185,6 +204,15 @@ impl Replica {
                 "the stream thread has stopped".into(),
             ))
         })
+    }
+}
+
+impl Replica {
+    /// Offers a snapshot this node compacted to, for nodes that start when the stream no
+    /// longer holds the changes it includes. Dropped when the thread is busy (the next
+    /// compaction offers a newer one).
+    pub fn offer_snapshot(&self, snapshot: Arc<crate::snapshot::Snapshot>) {
+        let _ = self.publish.try_send(Request::Snapshot(snapshot));
     }
 }
 
@@ -234,7 +262,7 @@ pub fn start(
 async fn run(
     settings: NatsSettings,
     after: u64,
-    mut requests: mpsc::Receiver<PublishRequest>,
+    mut requests: mpsc::Receiver<Request>,
     deliver: mpsc::Sender<Incoming>,
     status: Arc<StreamStatus>,
     fail_closed: Arc<AtomicBool>,
@@ -259,12 +287,35 @@ async fn run(
         .map_or(0, |d| d.as_nanos());
     let mut published = 0u64;
     while let Some(request) = requests.recv().await {
+        let (payload, expected_last, audit, reply) = match request {
+            Request::Publish {
+                payload,
+                expected_last,
+                audit,
+                reply,
+            } => (payload, expected_last, audit, reply),
+            Request::Snapshot(snapshot) => {
+                if let Some(js) = opened.get() {
+                    let js = js.clone();
+                    let (stream, replicas) = (settings.stream.clone(), settings.replicas);
+                    tokio::spawn(async move {
+                        if let Err(error) = put_snapshot(&js, &stream, replicas, &snapshot).await {
+                            crate::log_warn!(
+                                "cannot publish the snapshot at sequence {} for new nodes: {error}",
+                                snapshot.header().sequence
+                            );
+                        }
+                    });
+                }
+                continue;
+            }
+        };
         let Some(js) = opened.get() else {
             let why = status.last_error().unwrap_or_else(|| "connecting".into());
             let failure = PublishFailure::Unavailable(format!(
                 "this node has not opened the change stream yet ({why})"
             ));
-            let _ = request.reply.send(Err(failure));
+            let _ = reply.send(Err(failure));
             continue;
         };
         published += 1;
@@ -274,15 +325,15 @@ async fn run(
             js,
             subject.clone(),
             message_id,
-            request.payload,
-            request.expected_last,
-            request.audit,
+            payload,
+            expected_last,
+            audit,
         )
         .await;
         if result.is_ok() {
             status.heard();
         }
-        let _ = request.reply.send(result);
+        let _ = reply.send(result);
     }
 }
 
@@ -547,7 +598,7 @@ async fn follow(
             }
             if sequence != after + 1 {
                 status.stuck(format!(
-                    "the stream no longer holds sequence {} (its next message is {sequence}); this node needs a newer snapshot",
+                    "the stream no longer holds sequence {} (its next message is {sequence}): start this node again from a new data directory (keyward-ctl cluster import-secrets), which starts from the snapshot a node published",
                     after + 1
                 ));
                 return;
@@ -571,4 +622,145 @@ async fn follow(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn snapshot_bucket(
+    js: &jetstream::Context,
+    stream: &str,
+    replicas: usize,
+) -> Result<jetstream::object_store::ObjectStore, String> {
+    let bucket = bucket_name(stream);
+    if let Ok(store) = js.get_object_store(&bucket).await {
+        return Ok(store);
+    }
+    js.create_object_store(jetstream::object_store::Config {
+        bucket,
+        description: Some(format!(
+            "keyward: the latest snapshot of the stream {stream}"
+        )),
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// The sequence of the snapshot in the bucket, if there is one.
+async fn published_sequence(store: &jetstream::object_store::ObjectStore) -> Option<u64> {
+    let info = store.info(SNAPSHOT_OBJECT).await.ok()?;
+    let description: SnapshotDescription =
+        serde_json::from_str(info.description.as_deref()?).ok()?;
+    Some(description.sequence)
+}
+
+/// Puts `snapshot` in the bucket unless the one there is at least as new.
+async fn put_snapshot(
+    js: &jetstream::Context,
+    stream: &str,
+    replicas: usize,
+    snapshot: &crate::snapshot::Snapshot,
+) -> Result<(), String> {
+    let sequence = snapshot.header().sequence;
+    let store = snapshot_bucket(js, stream, replicas).await?;
+    if published_sequence(&store)
+        .await
+        .is_some_and(|s| s >= sequence)
+    {
+        return Ok(());
+    }
+    let description = serde_json::to_string(&SnapshotDescription { sequence }).expect("serializes");
+    let meta = jetstream::object_store::ObjectMetadata {
+        name: SNAPSHOT_OBJECT.into(),
+        description: Some(description),
+        ..Default::default()
+    };
+    let mut bytes = snapshot.file_bytes();
+    store
+        .put(meta, &mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::log_info!(
+        "published the snapshot at sequence {sequence} ({} bytes) for nodes that start later",
+        snapshot.file_bytes().len()
+    );
+    Ok(())
+}
+
+/// Before a node with no changes of its own loads its table: when the stream no longer holds
+/// the changes after `sequence` (the node's snapshot), fetches the latest published snapshot
+/// into `snapshot_path` (written beside it, fsynced, checked, then renamed over it). Returns
+/// the sequence fetched, or `None` when the stream still holds what the node needs (or cannot
+/// be reached within `wait`: the node then starts from what it has and follows the stream
+/// when it can, stopping with a clear problem if the stream has moved past it).
+pub fn bootstrap(
+    settings: &NatsSettings,
+    snapshot_path: &std::path::Path,
+    sequence: u64,
+    wait: Duration,
+) -> Result<Option<u64>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the NATS client's runtime: {e}"))?;
+    runtime.block_on(async {
+        let status = Arc::new(StreamStatus::default());
+        let Ok(Ok(client)) = tokio::time::timeout(wait, connect(settings, status)).await else {
+            crate::log_warn!("NATS did not answer within {} s: starting from the local table", wait.as_secs());
+            return Ok(None);
+        };
+        let js = jetstream::new(client);
+        let Ok(stream) = js.get_stream(&settings.stream).await else {
+            return Ok(None); // no stream yet: everything is still to come
+        };
+        let first = stream.cached_info().state.first_sequence;
+        let last = stream.cached_info().state.last_sequence;
+        if last == 0 || first <= sequence + 1 {
+            return Ok(None);
+        }
+        let store = js.get_object_store(bucket_name(&settings.stream)).await.map_err(|_| {
+            format!(
+                "the change stream {:?} no longer holds sequence {} (its first is {first}) and no node has published a snapshot: compact a node of the cluster (keyward-ctl compact), then start this one again",
+                settings.stream,
+                sequence + 1
+            )
+        })?;
+        let published = published_sequence(&store).await.unwrap_or(0);
+        if published + 1 < first {
+            return Err(format!(
+                "the change stream {:?} holds sequences from {first}, and its published snapshot only reaches {published}: compact a node of the cluster (keyward-ctl compact), then start this one again",
+                settings.stream
+            ));
+        }
+        let mut object = store
+            .get(SNAPSHOT_OBJECT)
+            .await
+            .map_err(|e| format!("cannot fetch the published snapshot: {e}"))?;
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+            .await
+            .map_err(|e| format!("cannot fetch the published snapshot: {e}"))?;
+        let staged = snapshot_path.with_extension("kws.fetched");
+        crate::datadir::replace_private(&staged, &bytes)
+            .map_err(|e| format!("cannot write {}: {e}", staged.display()))?;
+        let fetched = crate::snapshot::Snapshot::open(&staged)
+            .map_err(|e| format!("the published snapshot is damaged: {e}"))?;
+        if fetched.header().sequence != published {
+            return Err(format!(
+                "the published snapshot says sequence {published} but holds {}",
+                fetched.header().sequence
+            ));
+        }
+        drop(fetched);
+        std::fs::rename(&staged, snapshot_path)
+            .and_then(|()| {
+                let dir = snapshot_path.parent().unwrap_or(std::path::Path::new("."));
+                std::fs::File::open(dir)?.sync_all()
+            })
+            .map_err(|e| format!("cannot put the fetched snapshot in place: {e}"))?;
+        crate::log_info!(
+            "the change stream starts at {first}: fetched the published snapshot at sequence {published} ({} bytes)",
+            bytes.len()
+        );
+        Ok(Some(published))
+    })
 }

@@ -91,6 +91,9 @@ pub fn run(
     config.validate()?;
     check_io_uring()?;
     let data_dir = DataDir::open_or_create(&config.data_dir)?;
+    if let Some(settings) = config.nats() {
+        bootstrap(&data_dir, &settings)?;
+    }
     let snapshot = Snapshot::open(&data_dir.snapshot_path())?;
     let log_path = config.data_dir.join(delta::FILE_NAME);
     let (log, replay) = DeltaLog::open(&log_path, snapshot.header().sequence)?;
@@ -613,4 +616,29 @@ pub fn check_io_uring() -> Result<(), ServerError> {
     Err(ServerError::IoUring(format!(
         "cannot use io_uring ({errno}): {advice}"
     )))
+}
+
+/// Replicated mode, a node with no changes of its own (a new one, or one just compacted): when
+/// the change stream no longer holds the changes after its snapshot, starts it from the
+/// snapshot a node published instead (docs/CLUSTER.md, "A new node").
+fn bootstrap(
+    data_dir: &DataDir,
+    settings: &crate::replication::NatsSettings,
+) -> Result<(), ServerError> {
+    let log_bytes = std::fs::metadata(data_dir.log_path()).map_or(0, |m| m.len());
+    if log_bytes > crate::delta::FILE_HEADER_BYTES as u64 {
+        return Ok(()); // it has changes to replay: it follows the stream from after them
+    }
+    let sequence = Snapshot::open(&data_dir.snapshot_path())?.header().sequence;
+    // Marked as this stream's before anything of the stream is put in it.
+    crate::cluster::check_marker(data_dir.path(), &settings.stream, sequence)
+        .map_err(ServerError::Cluster)?;
+    crate::replication::bootstrap(
+        settings,
+        &data_dir.snapshot_path(),
+        sequence,
+        Duration::from_secs(10),
+    )
+    .map(|_| ())
+    .map_err(ServerError::Cluster)
 }

@@ -660,3 +660,73 @@ fn past_max_staleness_a_node_fails_closed_and_recovers() {
     eprintln!("valid again {:?} after NATS came back", back.elapsed());
     let _ = id;
 }
+
+/// Runs `work` against the cluster's NATS on a small tokio runtime of the test's own.
+fn with_jetstream<T>(
+    nats: &Nats,
+    work: impl AsyncFnOnce(async_nats::jetstream::Context) -> T,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url(0)).await.unwrap();
+        work(async_nats::jetstream::new(client)).await
+    })
+}
+
+#[test]
+fn a_new_node_starts_from_the_published_snapshot_once_the_stream_is_trimmed() {
+    let Some(cluster) = cluster() else { return };
+    let a = &cluster.nodes[0];
+    let mut admin = a.admin();
+    let mut keys = Vec::new();
+    for round in 0..12 {
+        let (credential, id) = issue(&mut admin, json!({ "name": format!("{round}") }));
+        let revoked = round % 3 == 0;
+        if revoked {
+            admin.call(opcode::REVOKE, &json!({ "id": id })).unwrap();
+        }
+        keys.push((credential, revoked));
+    }
+    let compacted = admin.call(opcode::COMPACT, &json!({})).unwrap();
+    let sequence = compacted["snapshot_sequence"].as_u64().unwrap();
+    assert_eq!(sequence, 16, "{compacted}");
+    // The snapshot reaches the object store; then the stream forgets everything it holds.
+    with_jetstream(&cluster.nats, async |js| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(store) = js.get_object_store("KEYWARD_SNAPSHOTS").await {
+                if let Ok(info) = store.info("snapshot").await {
+                    if info.description.as_deref() == Some(&format!("{{\"sequence\":{sequence}}}"))
+                    {
+                        break;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no snapshot published");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stream = js.get_stream("KEYWARD").await.unwrap();
+        stream.purge().sequence(sequence + 1).await.unwrap();
+    });
+    // Changes after the snapshot stay in the stream.
+    let (later, _) = issue(&mut admin, json!({ "name": "after the snapshot" }));
+    keys.push((later, false));
+    let secrets = keyward::cluster::export_secrets(&a.dir).unwrap();
+    let fresh = a.dir.parent().unwrap().join("node-new");
+    keyward::cluster::import_secrets(&fresh, &secrets).unwrap();
+    let d = Node::start(&fresh, &cluster.nats.urls_from(1), "node-new");
+    for (credential, revoked) in &keys {
+        let want = if *revoked {
+            Status::Revoked
+        } else {
+            Status::Valid
+        };
+        d.expect(credential, want);
+    }
+    let stats = d.stats(false);
+    assert_eq!(stats["snapshot_sequence"], sequence, "{stats}");
+    settled_digests(&[a, &cluster.nodes[2], &d]);
+}

@@ -178,8 +178,12 @@ async fn build_and_switch(control: &Rc<Control>) -> Outcome {
     })?;
     let records = snapshot.header().record_count;
     let bytes = snapshot.header().body_bytes + snapshot::HEADER_BYTES as u64;
+    let offered = snapshot.clone();
     if !commit::submit(control, |done| Job::Switch { snapshot, done }).await {
         return Err(commit::broken_refusal(control));
+    }
+    if let Some(replica) = &control.replica {
+        replica.offer_snapshot(offered);
     }
     Ok(json!({
         "snapshot_sequence": sequence,

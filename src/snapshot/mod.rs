@@ -493,6 +493,12 @@ impl Snapshot {
         }))
     }
 
+    /// The whole file as mapped (header and body): what a replicated node publishes for
+    /// others to start from.
+    pub fn file_bytes(&self) -> &[u8] {
+        &self.map
+    }
+
     pub fn header(&self) -> &Header {
         &self.header
     }
