@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,15 +15,6 @@ use keyward::admin::{opcode, AdminClient};
 use keyward::client::Client;
 use keyward::protocol::{Status, VerifyRequest};
 
-/// A free loopback port (closed again at once: the process that binds it next may race).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Three nats-server processes, one JetStream cluster, killed when dropped.
 struct Nats {
     servers: Vec<Option<Child>>,
@@ -34,8 +24,8 @@ struct Nats {
 
 impl Nats {
     fn start(dir: &Path) -> Nats {
-        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
         let routes: Vec<String> = route_ports
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
@@ -363,6 +353,20 @@ fn a_change_on_any_node_reaches_every_node() {
         "keyward_replication_silent_seconds ",
     ] {
         assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
+    }
+    // The documented alert rules' replication series are all exposed.
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/prometheus/keyward-alerts.yml"
+    );
+    let rules = std::fs::read_to_string(rules).unwrap();
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("keyward_replication_") {
+            assert!(
+                metrics.contains(&format!("# TYPE {word} ")),
+                "{word} is not exposed"
+            );
+        }
     }
     // Each node's audit trail holds every change, with the node that took it.
     let audit = std::fs::read_to_string(c.dir.join("audit.log")).unwrap();

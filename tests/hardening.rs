@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
@@ -506,14 +506,6 @@ fn out_of_file_descriptors_new_clients_get_busy_and_the_log_stays_short() {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn restart_right_after_sigkill_just_works() {
     //! Restarting right after SIGKILL failed 19 of 20 times with "Address already in use" on
@@ -521,8 +513,12 @@ fn restart_right_after_sigkill_just_works() {
     let directory = tempfile::tempdir().unwrap();
     let keys = common::generated_data_dir(directory.path(), 20);
     let valid = keys.iter().find(|k| k.expected == Status::Valid).unwrap();
-    let verify: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let control_port: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let verify: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let control_port: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     let (verify_text, control_text) = (verify.to_string(), control_port.to_string());
     for round in 0..10 {
         let command = common::keyward_command_at(

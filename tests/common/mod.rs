@@ -282,3 +282,12 @@ pub fn installed(program: &str, package: &str) -> bool {
     }
     found
 }
+
+/// A free loopback port (closed again at once: the process that binds it next may race).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
