@@ -335,7 +335,9 @@ async fn dispatch(
         ))
     } else if writes && control.broken.borrow().is_some() {
         Err(commit::broken_refusal(control))
-    } else if writes {
+    } else if changes_keys(opcode) {
+        // (Not COMPACT or the admin operations: they put nothing in the stream, and a long
+        // compaction must not hold up this node's changes.)
         super::replicated::serialized(control, || run(control, &caller, opcode, json)).await
     } else {
         run(control, &caller, opcode, json).await
