@@ -231,12 +231,16 @@ impl ServerConfig {
         range("shards", self.shards, 0, SHARDS_MAX)?;
         self.validate_replication()?;
         range("verify_at_wait_ms", self.verify_at_wait_ms, 0, 1000)?;
-        range(
-            "max_staleness_ms",
-            self.max_staleness_ms,
-            0,
-            7 * 24 * 3600 * 1000,
-        )?;
+        // The stream is asked twice a second: a bound under 2 s would flap on a healthy one.
+        if self.max_staleness_ms != 0
+            && !(2000..=7 * 24 * 3600 * 1000).contains(&self.max_staleness_ms)
+        {
+            return Err(ConfigError::Range {
+                field: "max_staleness_ms",
+                expected: "0 (keep answering) or 2000 to 604800000".into(),
+                value: self.max_staleness_ms.to_string(),
+            });
+        }
         range(
             "connections_per_shard_max",
             self.connections_per_shard_max,
