@@ -466,6 +466,15 @@ fn a_killed_node_catches_up_and_a_new_node_joins_from_nothing() {
 fn changes_go_on_with_one_nats_server_down_and_stop_clearly_with_two() {
     let Some(mut cluster) = cluster() else { return };
     cluster.nats.kill(2); // node-2's first server: it moves to another
+                          // Once the two left have a stream leader (an election takes seconds; a change made during
+                          // it waits up to 15 s, which a loaded test machine can exceed), changes commit.
+    with_jetstream(&cluster.nats, async |js| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while js.get_stream("KEYWARD").await.is_err() {
+            assert!(Instant::now() < deadline, "no stream leader after a minute");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     let (credential, id) = issue(&mut cluster.nodes[2].admin(), json!({}));
     for node in &cluster.nodes {
         node.expect(&credential, Status::Valid);

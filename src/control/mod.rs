@@ -181,9 +181,9 @@ struct Control {
     usage: usage::State,
     /// The change stream, in replicated mode.
     replica: Option<crate::replication::Replica>,
-    /// Replicated mode: held by a change from its check against the view until it is applied
-    /// here, so a node has one change in the stream's race at a time.
-    write_turn: glommio::sync::Semaphore,
+    /// Replicated mode: held by a change from its check against the view until the stream has
+    /// delivered it into the view, so a node has one change in the stream's race at a time.
+    write_turn: replicated::Turn,
     /// Requests waiting until the committer has applied a sequence: answered `true` then, or
     /// `false` when the files failed.
     applied_waiters: RefCell<Vec<(u64, LocalSender<bool>)>>,
@@ -375,7 +375,7 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
         broken: RefCell::new(None),
         usage: usage::State::new(usage),
         replica,
-        write_turn: glommio::sync::Semaphore::new(1),
+        write_turn: replicated::Turn::default(),
         applied_waiters: RefCell::new(Vec::new()),
     });
     control.publish_metrics();

@@ -42,17 +42,17 @@ where
     if control.replica.is_none() {
         return attempt().await;
     }
-    let _turn = control
-        .write_turn
-        .acquire_permit(1)
-        .await
-        .expect("the write turn is never closed");
+    let turn = control.write_turn.take().await;
     for _ in 0..RACES_MAX {
         match attempt().await {
             Err(refusal) if refusal.lost_race => continue,
-            outcome => return outcome,
+            outcome => {
+                control.write_turn.give_back(turn);
+                return outcome;
+            }
         }
     }
+    control.write_turn.give_back(turn);
     Err(Refusal::new(
         ErrorCode::Unavailable,
         format!("other nodes' changes took the stream's next sequence {RACES_MAX} times in a row; try again"),
@@ -76,7 +76,14 @@ pub(super) async fn publish(
     let audit = serde_json::to_string(&audit).expect("audit entries serialize");
     let expected = delta.sequence - 1;
     match replica.publish(encoded, expected, audit).await {
-        Ok(stored) if stored == delta.sequence => wait_applied(control, stored).await,
+        Ok(stored) if stored == delta.sequence => {
+            // The next change on this node may be checked once this one is in the view: it
+            // need not wait for this one's fsyncs and fan-out here.
+            catch_up(control, stored).await;
+            // Only a request holding the turn publishes (see `serialized`).
+            control.write_turn.give_back(control.write_turn.holder.get());
+            wait_applied(control, stored).await
+        }
         Ok(stored) => Err(Refusal::new(
             ErrorCode::Unavailable,
             format!(
@@ -94,6 +101,48 @@ pub(super) async fn publish(
             ErrorCode::Unavailable,
             format!("the change stream did not store the change: {why}"),
         )),
+    }
+}
+
+/// A node's turn to put a change in the stream's race: taken by a request before it checks
+/// against the view, given back once its change is in the view (or it failed). Waiters are
+/// woken in order.
+#[derive(Default)]
+pub(super) struct Turn {
+    taken: std::cell::Cell<bool>,
+    /// The ticket of the request holding the turn, while it is taken.
+    holder: std::cell::Cell<u64>,
+    tickets: std::cell::Cell<u64>,
+    waiting: std::cell::RefCell<std::collections::VecDeque<local_channel::LocalSender<()>>>,
+}
+
+impl Turn {
+    /// Waits for the turn; returns the holder's ticket.
+    async fn take(&self) -> u64 {
+        while self.taken.get() {
+            let (wake, woken) = local_channel::new_bounded(1);
+            self.waiting.borrow_mut().push_back(wake);
+            let _ = woken.recv().await;
+        }
+        let ticket = self.tickets.get() + 1;
+        self.tickets.set(ticket);
+        self.holder.set(ticket);
+        self.taken.set(true);
+        ticket
+    }
+
+    /// Gives the turn back if `ticket` still holds it (so giving it back twice is harmless)
+    /// and wakes the next waiter.
+    fn give_back(&self, ticket: u64) {
+        if self.taken.get() && self.holder.get() == ticket {
+            self.taken.set(false);
+            // The first waiter still there (one whose request was dropped cannot be woken).
+            while let Some(next) = self.waiting.borrow_mut().pop_front() {
+                if next.try_send(()).is_ok() {
+                    break;
+                }
+            }
+        }
     }
 }
 
