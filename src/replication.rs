@@ -704,12 +704,23 @@ pub fn bootstrap(
         .map_err(|e| format!("cannot start the NATS client's runtime: {e}"))?;
     runtime.block_on(async {
         let status = Arc::new(StreamStatus::default());
-        let Ok(Ok(client)) = tokio::time::timeout(wait, connect(settings, status)).await else {
-            crate::log_warn!("NATS did not answer within {} s: starting from the local table", wait.as_secs());
-            return Ok(None);
+        // One bound for reaching NATS and asking for the stream.
+        let probe = tokio::time::timeout(wait, async {
+            let js = jetstream::new(connect(settings, status).await.ok()?);
+            let stream = js.get_stream(&settings.stream).await.ok();
+            Some((js, stream))
+        });
+        let (js, stream) = match probe.await {
+            Ok(Some(found)) => found,
+            _ => {
+                crate::log_warn!(
+                    "NATS did not answer within {} s: starting from the local table",
+                    wait.as_secs()
+                );
+                return Ok(None);
+            }
         };
-        let js = jetstream::new(client);
-        let Ok(stream) = js.get_stream(&settings.stream).await else {
+        let Some(stream) = stream else {
             return Ok(None); // no stream yet: everything is still to come
         };
         let first = stream.cached_info().state.first_sequence;
