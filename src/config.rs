@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::credential::{PrefixError, Prefixes};
 use crate::endpoint::Endpoint;
 use crate::protocol;
 
 /// The server's settings. Field names are the TOML keys (docs/OPERATIONS.md lists them).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Where the pepper, master secret, admin token and key table live.
@@ -153,7 +153,7 @@ impl Default for ServerConfig {
 }
 
 /// Where a node's changes go.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Replication {
     /// This node's own delta log: one node.
@@ -197,7 +197,11 @@ impl ServerConfig {
         })
     }
 
-    /// Checks every field's range; the server runs only a validated config.
+    /// The whole configuration as TOML, every setting named (what `keyward config print` shows).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every setting is a plain TOML value")
+    }
+
     /// The metrics listener's address; `None` when it is off (an empty `metrics_listen`).
     pub fn metrics_address(&self) -> Result<Option<SocketAddr>, ConfigError> {
         let text = self.metrics_listen.trim();
@@ -211,6 +215,7 @@ impl ServerConfig {
         })
     }
 
+    /// Checks every field's range; the server runs only a validated config.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.metrics_address()?;
         fn range<T: std::fmt::Display + PartialOrd>(

@@ -15,8 +15,8 @@ pub const UNIX_PREFIX: &str = "unix:";
 pub const UNIX_PATH_BYTES_MAX: usize = 107;
 
 /// A verify port's address.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Endpoint {
     Tcp(SocketAddr),
     Unix(PathBuf),
@@ -64,6 +64,12 @@ impl TryFrom<String> for Endpoint {
 
     fn try_from(text: String) -> Result<Endpoint, EndpointError> {
         text.parse()
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(endpoint: Endpoint) -> String {
+        endpoint.to_string()
     }
 }
 

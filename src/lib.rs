@@ -17,6 +17,7 @@
 //! | [`endpoint`] | verify port addresses (TCP or Unix socket) and the streams they give |
 //! | [`server`] | start-up and shutdown: data directory, sockets, one pinned thread per shard |
 //! | [`datadir`] | the data directory: secrets, lock, snapshot path |
+//! | [`doctor`] | host checks: io_uring probes, limits, CPUs, kernel settings (`keyward doctor`, start-up) |
 //! | [`config`] | every server setting and bound, validated |
 //! | [`client`] | a blocking client for the verify protocol |
 //! | [`keyset`] | generated key sets and key files for tests, demos and benchmarks |
@@ -27,10 +28,13 @@
 //! | [`overlay`] | a shard's view of the changes since its snapshot |
 //! | [`token`] | derived capability tokens: format, MAC chain, attenuation |
 //! | [`admin`] | the control protocol's messages and a blocking admin client |
+//! | [`assets`] | man pages and shell completions generated from a binary's CLI |
+//! | [`supervisor`] | systemd notification: status lines, readiness, watchdog pings |
 //! | [`throttle`] | rate-limited log lines for what the world can provoke |
 
 pub mod admin;
 pub mod admins;
+pub mod assets;
 pub mod audit;
 pub mod client;
 pub mod cluster;
@@ -40,6 +44,7 @@ pub mod credential;
 pub mod datadir;
 pub mod dataplane;
 pub mod delta;
+pub mod doctor;
 pub mod endpoint;
 pub mod keyset;
 pub mod link;
@@ -53,6 +58,7 @@ pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod snapshot;
+pub mod supervisor;
 pub mod table_stats;
 pub mod table_writer;
 pub mod throttle;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use keyward::config::ServerConfig;
 use keyward::protocol::Status;
@@ -22,6 +22,37 @@ struct Cli {
 enum Command {
     /// Serve the verify port from a data directory (created with fresh secrets on first run).
     Serve(ServeArgs),
+    /// Check this host for what keyward needs and what makes it fast: each check passes, warns
+    /// or fails with its remedy (exit 1 on a fail; `serve` refuses on the same fails).
+    Doctor(DoctorArgs),
+    /// Validate or show a configuration without starting.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Write the man pages and shell completions generated from this CLI into a directory.
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where `man/` and `completions/` are written.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration (the file, then any flags) as `serve` would, without starting:
+    /// exit 0 when it is valid, 1 with the reason when not.
+    Check(ServeArgs),
+    /// Print the effective configuration as TOML: defaults, overridden by the file, overridden
+    /// by the flags. It holds no secrets (those live in the data directory).
+    Print(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// One JSON object ({"verdict", "checks": [{name, verdict, found, remedy}]}) for fleet tooling
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(clap::Args)]
@@ -205,6 +236,7 @@ fn main() -> ExitCode {
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            keyward::supervisor::status(&format!("failed: {message}"));
             keyward::log_error!("{message}");
             ExitCode::from(1)
         }
@@ -214,7 +246,40 @@ fn main() -> ExitCode {
 fn try_main(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Doctor(args) => doctor(args),
+        Command::Config(ConfigCommand::Check(args)) => {
+            let file = args.config.clone();
+            args.into_config().map_err(|e| e.to_string())?;
+            match file {
+                Some(file) => println!("{}: valid", file.display()),
+                None => println!("the defaults are valid (no --config given)"),
+            }
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Print(args)) => {
+            let config = args.into_config().map_err(|e| e.to_string())?;
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::GenerateAssets { dir } => {
+            keyward::assets::generate(Cli::command(), &dir).map_err(|e| e.to_string())
+        }
     }
+}
+
+/// Runs every host check; exit 1 when one fails.
+fn doctor(args: DoctorArgs) -> Result<(), String> {
+    let config = args.serve.into_config().map_err(|e| e.to_string())?;
+    let checks = keyward::doctor::run(&config);
+    if args.json {
+        println!("{}", keyward::doctor::render_json(&checks));
+    } else {
+        print!("{}", keyward::doctor::render_text(&checks));
+    }
+    if keyward::doctor::worst(&checks) == keyward::doctor::Verdict::Fail {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -225,7 +290,24 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         signal_hook::flag::register(signal, shutdown.flag()).map_err(|e| e.to_string())?;
     }
     let data_dir = config.data_dir.clone();
+    keyward::supervisor::status(&format!(
+        "starting: checking the host, loading the key table from {}",
+        data_dir.display()
+    ));
+    let mut notifier = None;
+    let notifier_shutdown = shutdown.clone();
     let reports = server::run(config, shutdown, |ready| {
+        notifier = keyward::supervisor::spawn(
+            ready.board.clone(),
+            notifier_shutdown,
+            format!(
+                "serving {} keys on {} with {} shard(s); control port {}",
+                ready.records,
+                ready.verify_address,
+                ready.cpus.len(),
+                ready.control_address
+            ),
+        );
         let mut out = std::io::stdout().lock();
         macro_rules! say {
             ($($arg:tt)*) => {
@@ -270,6 +352,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let _ = out.flush();
     })
     .map_err(|e| e.to_string())?;
+    if let Some(notifier) = notifier {
+        let _ = notifier.join();
+    }
 
     let mut totals = [0u64; Status::ALL.len()];
     let mut accepted = 0;

@@ -49,7 +49,7 @@ pub enum ServerError {
     #[error("cannot listen on unix:{}: {message}", path.display())]
     BindUnix { path: PathBuf, message: String },
     #[error("{0}")]
-    IoUring(String),
+    Host(String),
     #[error("cannot make the doorbells between the control plane and the shards: {0}")]
     Link(std::io::Error),
     #[error("cannot start shard {shard} on CPU {cpu}: {message}")]
@@ -79,6 +79,8 @@ pub struct Ready {
     pub records: u64,
     pub snapshot_sequence: u64,
     pub data_dir_created: bool,
+    /// Where shards and the control plane publish their figures and liveness.
+    pub board: Arc<Board>,
 }
 
 /// Runs the server until `shutdown` is triggered. `on_ready` is called once every shard's
@@ -89,7 +91,12 @@ pub fn run(
     on_ready: impl FnOnce(&Ready),
 ) -> Result<Vec<ShardReport>, ServerError> {
     config.validate()?;
-    check_io_uring()?;
+    for warning in crate::doctor::preflight(&config).map_err(ServerError::Host)? {
+        crate::log_warn!(
+            "{} (`keyward doctor` shows every check)",
+            warning.sentence()
+        );
+    }
     let data_dir = DataDir::open_or_create(&config.data_dir)?;
     if let Some(settings) = config.nats() {
         bootstrap(&data_dir, &settings)?;
@@ -130,7 +137,7 @@ pub fn run(
     ));
     let cpus = choose_cpus(&config);
 
-    raise_file_limit(&config, cpus.len());
+    raise_file_limit();
     let bind_retry = Duration::from_millis(config.bind_retry_ms);
     let (verify_address, listeners) = match &config.listen {
         Endpoint::Tcp(address) => {
@@ -293,6 +300,7 @@ pub fn run(
         records: snapshot.header().record_count,
         snapshot_sequence: snapshot.header().sequence,
         data_dir_created: data_dir.was_created(),
+        board: board.clone(),
     });
 
     let mut reports = Vec::with_capacity(handles.len());
@@ -331,7 +339,7 @@ pub fn run(
 }
 
 /// One CPU per shard: the configured list, else the CPUs this process may run on.
-fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
+pub fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
     let available: Vec<usize> = if config.cpus.is_empty() {
         core_affinity::get_core_ids()
             .map(|ids| ids.into_iter().map(|id| id.id).collect())
@@ -433,12 +441,12 @@ fn bind_unix_shards(path: &Path, shards: usize, backlog: u32) -> Result<Vec<Owne
 
 /// Descriptors kept for what is not a connection: rings, eventfds, listeners, the log, the
 /// snapshot, standard streams (measured: 18 with one shard, 24 with two), with room to spare.
-const FILES_RESERVED: u64 = 64;
-const FILES_RESERVED_PER_SHARD: u64 = 16;
+pub const FILES_RESERVED: u64 = 64;
+pub const FILES_RESERVED_PER_SHARD: u64 = 16;
 
-/// Raises the soft open-files limit to the hard one, and warns when even that cannot hold every
-/// connection the settings allow (past it new connections get `busy`).
-fn raise_file_limit(config: &ServerConfig, shards: usize) {
+/// Raises the soft open-files limit to the hard one (whether even that holds every connection
+/// the settings allow is the start-up host check's "open files" warning).
+fn raise_file_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -453,25 +461,7 @@ fn raise_file_limit(config: &ServerConfig, shards: usize) {
             rlim_max: limit.rlim_max,
         };
         // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit = raised;
-        }
-    }
-    let connections = shards as u64 * config.connections_per_shard_max as u64;
-    let needed = connections
-        + crate::control::CONTROL_CONNECTIONS_MAX as u64
-        + FILES_RESERVED
-        + FILES_RESERVED_PER_SHARD * shards as u64;
-    if needed > limit.rlim_cur {
-        crate::log_warn!(
-            "the open-files limit is {} (hard limit {}), but {shards} shard(s) x \
-             connections_per_shard_max {} = {connections} connections need about {needed}; \
-             past the limit new connections get `busy`. Raise it (ulimit -n, LimitNOFILE=) or \
-             lower connections_per_shard_max",
-            limit.rlim_cur,
-            limit.rlim_max,
-            config.connections_per_shard_max
-        );
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
     }
 }
 
@@ -550,73 +540,6 @@ fn bind_listener(
 /// The oldest kernel with everything the data plane needs (docs/OPERATIONS.md, "The kernel and
 /// io_uring").
 pub const KERNEL_MIN: (u32, u32) = (6, 0);
-
-/// The running kernel's release string and its major and minor numbers.
-fn kernel_release() -> Option<(String, u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let release = release.trim().to_string();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|part| !part.is_empty())
-        .map(|part| part.parse::<u32>().ok());
-    let major = numbers.next()??;
-    let minor = numbers.next()??;
-    Some((release, major, minor))
-}
-
-/// Probes io_uring with a tiny ring and turns a refusal into advice.
-pub fn check_io_uring() -> Result<(), ServerError> {
-    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(0);
-    if disabled == 2 {
-        return Err(ServerError::IoUring(
-            "io_uring is disabled on this machine (kernel.io_uring_disabled = 2); keyward needs it: \
-             run `sysctl kernel.io_uring_disabled=0` as root"
-                .into(),
-        ));
-    }
-    if let Some((release, major, minor)) = kernel_release() {
-        if (major, minor) < KERNEL_MIN {
-            return Err(ServerError::IoUring(format!(
-                "this kernel is Linux {release}; keyward's data plane needs {}.{} or newer \
-                 (multishot receive into provided buffer rings): upgrade the kernel",
-                KERNEL_MIN.0, KERNEL_MIN.1
-            )));
-        }
-    }
-    let mut params = [0u8; 120]; // struct io_uring_params, zeroed
-                                 // SAFETY: io_uring_setup reads and writes `params`, which is large enough; the returned
-                                 // descriptor is closed right away.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
-    if fd >= 0 {
-        // SAFETY: fd is a descriptor we own.
-        unsafe { libc::close(fd as i32) };
-        return Ok(());
-    }
-    let errno = std::io::Error::last_os_error();
-    let advice = match errno.raw_os_error() {
-        Some(libc::ENOSYS) => {
-            "the kernel has no io_uring (Linux 6.0 or newer is needed) or a seccomp \
-                               profile hides it (containers: allow io_uring_setup, io_uring_enter, \
-                               io_uring_register)"
-        }
-        Some(libc::EPERM) => {
-            "io_uring is restricted (kernel.io_uring_disabled = 1 lets only the \
-                              io_uring_group use it, or a seccomp profile forbids it): run \
-                              `sysctl kernel.io_uring_disabled=0` or allow the syscalls"
-        }
-        Some(libc::ENOMEM) => {
-            "the locked-memory limit is too low: raise it with `ulimit -l 8192` \
-                               (or LimitMEMLOCK= in a systemd unit)"
-        }
-        _ => "see io_uring_setup(2)",
-    };
-    Err(ServerError::IoUring(format!(
-        "cannot use io_uring ({errno}): {advice}"
-    )))
-}
 
 /// Replicated mode, a node with no changes of its own (a new one, or one just compacted): when
 /// the change stream no longer holds the changes after its snapshot, starts it from the

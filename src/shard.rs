@@ -328,6 +328,7 @@ impl Service for Shard {
     fn tick(&mut self, report: &TurnReport) {
         let metrics = &mut self.metrics;
         metrics.serving = true;
+        metrics.ticks += 1;
         metrics.connections_accepted = report.connections_accepted;
         metrics.connections_refused = report.connections_refused;
         metrics.connections_open = report.connections_open;

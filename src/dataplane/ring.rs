@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `SINGLE_ISSUER` + `DEFER_TASKRUN` | 6.1 | completions are run only when the shard enters the kernel to reap them: no interrupts of the shard's work |
 //! | `COOP_TASKRUN` | 5.19 | fewer forced interruptions than the default |
-//! | none | 6.0 | what `server::check_io_uring` asks for at the least (multishot receive) |
+//! | none | 6.0 | what `keyward doctor` probes for at the least (multishot receive) |
 //!
 //! With `SINGLE_ISSUER` only the thread that built the ring may submit to it: build it on the
 //! shard's own thread. Both optional modes also ask for `TASKRUN_FLAG`: the kernel then marks in

@@ -241,7 +241,7 @@ pub fn serve(
     }
     let tick = (settings.idle_timeout.min(settings.frame_timeout) / 4)
         .clamp(Duration::from_millis(1), Duration::from_millis(50));
-    let mut next_tick = now + tick;
+    let mut next_tick = now; // the first tick at once: `serving` is published as soon as the accept is armed
     let mut last_work = now;
     let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(entries as usize);
     let mut finished: Vec<(ConnectionId, Vec<u8>)> = Vec::new();

@@ -35,6 +35,9 @@ pub const OPERATIONS: [&str; 7] = [
 pub struct ShardMetrics {
     /// Whether the shard's loop is running (set at its first publication).
     pub serving: bool,
+    /// Clock ticks of the shard's loop: at least one every 50 ms while it runs, busy or idle,
+    /// so a count that stops growing is a stalled shard (the systemd watchdog's signal).
+    pub ticks: u64,
     /// VERIFY answers (batch items included), by status then credential kind.
     pub verifies: [[u64; CredentialKind::ALL.len()]; Status::ALL.len()],
     /// Frames answered, by [`OPERATIONS`] index.
@@ -225,6 +228,33 @@ impl Board {
 
     pub fn uptime_seconds(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// `Ok` once every shard's loop and the control plane's are running (what `READY=1` waits
+    /// for); else what is still starting.
+    pub fn started(&self) -> Result<(), String> {
+        let mut starting = Vec::new();
+        for (index, shard) in self.shards().iter().enumerate() {
+            if !shard.serving {
+                starting.push(format!("shard {index}"));
+            }
+        }
+        if !self.control().serving {
+            starting.push("the control plane".to_string());
+        }
+        if starting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("starting: {}", starting.join(", ")))
+        }
+    }
+
+    /// Every shard's tick count, in shard order.
+    pub fn shard_ticks(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).ticks)
+            .collect()
     }
 
     /// `Ok` when the server can answer: the table is loaded (it is, or the server would not
