@@ -91,12 +91,7 @@ pub fn run(
     on_ready: impl FnOnce(&Ready),
 ) -> Result<Vec<ShardReport>, ServerError> {
     config.validate()?;
-    for warning in crate::doctor::preflight(&config).map_err(ServerError::Host)? {
-        crate::log_warn!(
-            "{} (`keyward doctor` shows every check)",
-            warning.sentence()
-        );
-    }
+    let host_warnings = crate::doctor::preflight(&config).map_err(ServerError::Host)?;
     let data_dir = DataDir::open_or_create(&config.data_dir)?;
     if let Some(settings) = config.nats() {
         bootstrap(&data_dir, &settings)?;
@@ -290,6 +285,7 @@ pub fn run(
             message: e.to_string(),
         })?;
 
+    crate::doctor::log_warnings(&host_warnings);
     on_ready(&Ready {
         verify_address: verify_address.clone(),
         control_address,

@@ -70,7 +70,9 @@ fn notify_loop(board: &Board, shutdown: &Shutdown, serving: &str, watchdog: Opti
     }
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(serving)]);
     last_status = serving.to_string();
-    let period = watchdog.map_or(STATUS_PERIOD, |usec| (usec / 2).max(Duration::from_millis(1)));
+    let period = watchdog.map_or(STATUS_PERIOD, |usec| {
+        (usec / 2).max(Duration::from_millis(1))
+    });
     let mut ticks = board.shard_ticks();
     let mut stalled_since: Option<Instant> = None;
     let mut next = Instant::now() + period;

@@ -742,7 +742,7 @@ fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
     let mut text = String::new();
     stderr.read_to_string(&mut text).unwrap();
     assert!(
-        text.contains("the open-files limit is 300 (hard limit 300)"),
+        text.contains("open files: RLIMIT_NOFILE soft 64 hard 300 (serve raises soft to hard)"),
         "{text}"
     );
 }

@@ -53,6 +53,9 @@ use report::{micros, thousands, Outcome, SweepPoint};
         keyward-loadgen --keys keys.txt --sweep --slo-p99 1ms --plot sweep.svg"
 )]
 pub struct Args {
+    /// Write the man page and shell completions generated from this CLI into DIR, and exit.
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_assets: Option<std::path::PathBuf>,
     /// Server to drive: a keyward verify port, or a Redis/memcached address; HOST:PORT, or
     /// unix:/PATH for a Unix-domain socket.
     #[arg(long, default_value = "127.0.0.1:7500", value_name = "ADDR")]
@@ -224,6 +227,15 @@ const SWEEP_STEPS_MAX: usize = 100;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.generate_assets {
+        return match keyward::assets::generate(<Args as clap::CommandFactory>::command(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("keyward-loadgen: error: {}: {error}", dir.display());
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

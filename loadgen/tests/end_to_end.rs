@@ -685,3 +685,18 @@ fn propagation_revokes_on_the_control_port_and_watches_the_verify_port() {
     assert_eq!(report["verifies_polled"], 50, "{report}");
     assert!(report["ack_p50_us"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn the_man_page_and_completions_are_the_cli() {
+    let directory = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_keyward-loadgen"))
+        .arg("--generate-assets")
+        .arg(directory.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/package");
+    if let Err(drift) = keyward::assets::compare(directory.path(), &committed, "keyward-loadgen") {
+        panic!("{drift}: run tools/package/generate-assets.sh");
+    }
+}

@@ -215,7 +215,13 @@ pub fn data_directory(config: &ServerConfig) -> Check {
         let parent = dir
             .ancestors()
             .skip(1)
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .find(|p| p.exists())
             .unwrap_or(Path::new("/"));
         if parent.is_dir() && writable(parent) {

@@ -109,8 +109,22 @@ pub fn run(config: &ServerConfig) -> Vec<Check> {
     checks
 }
 
+/// Checks whose warning is about speed, not about whether keyward can do its work: `serve`
+/// sums these up in one line instead of a warning each (most hosts have some).
+pub const TUNING: [&str; 9] = [
+    "kernel",
+    "io_uring defer_taskrun",
+    "io_uring registered ring",
+    "cpu isolation",
+    "smt siblings",
+    "numa",
+    "cpu frequency",
+    "transparent huge pages",
+    "clock source",
+];
+
 /// What `serve` runs before it touches anything: `Err` with every fail's sentence (joined by
-/// "; and "), else the warnings, which it logs.
+/// "; and "), else the warnings, which it logs once it serves.
 pub fn preflight(config: &ServerConfig) -> Result<Vec<Check>, String> {
     let checks = run(config);
     let fails: Vec<String> = checks
@@ -128,6 +142,25 @@ pub fn preflight(config: &ServerConfig) -> Result<Vec<Check>, String> {
         .into_iter()
         .filter(|c| c.verdict == Verdict::Warn)
         .collect())
+}
+
+/// Logs `serve`'s start-up warnings: each one that concerns capacity or correctness, and the
+/// tuning ones summed up in one line.
+pub fn log_warnings(warnings: &[Check]) {
+    let mut tuning = Vec::new();
+    for warning in warnings {
+        if TUNING.contains(&warning.name) {
+            tuning.push(warning.name);
+        } else {
+            crate::log_warn!("{}", warning.sentence());
+        }
+    }
+    if !tuning.is_empty() {
+        crate::log_info!(
+            "host tuning: {} could be better for latency (`keyward doctor` says how)",
+            tuning.join(", ")
+        );
+    }
 }
 
 /// The worst verdict among `checks` (a pass when there are none).

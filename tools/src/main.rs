@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::json;
 
 use keyward::client::Client;
@@ -88,6 +88,12 @@ enum Command {
     /// Cluster nodes: carry the secrets and admin tokens to a new node.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Write the man pages and shell completions generated from this CLI into a directory.
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where `man/` and `completions/` are written.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -423,6 +429,8 @@ fn main() -> ExitCode {
 
 fn try_main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::GenerateAssets { dir } => keyward::assets::generate(Cli::command(), &dir)
+            .map_err(|e| Failure::Error(format!("{}: {e}", dir.display()))),
         Command::Verify(args) => verify(args),
         Command::Keys(KeysCommand::Generate {
             data_dir,

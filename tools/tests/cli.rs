@@ -797,3 +797,15 @@ fn cluster_secrets_are_exported_and_imported_into_a_new_data_directory_only() {
     assert!(!refused.status.success());
     assert!(text(&refused).contains("not empty"), "{}", text(&refused));
 }
+
+#[test]
+fn the_man_pages_and_completions_are_the_clis() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().to_str().unwrap();
+    let output = ctl(&["generate-assets", out]);
+    assert!(output.status.success(), "{}", text(&output));
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("package");
+    if let Err(drift) = keyward::assets::compare(directory.path(), &committed, "keyward-ctl") {
+        panic!("{drift}: run tools/package/generate-assets.sh");
+    }
+}
