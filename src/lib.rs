@@ -16,6 +16,7 @@
 //! | [`dataplane`] | the io_uring data plane: ring set-up, buffer ring, connections, the turn |
 //! | [`endpoint`] | verify port addresses (TCP or Unix socket) and the streams they give |
 //! | [`server`] | start-up and shutdown: data directory, sockets, one pinned thread per shard |
+//! | [`backup`] | a consistent copy of a data directory, running or stopped (`keyward-ctl backup`) |
 //! | [`datadir`] | the data directory: secrets, lock, snapshot path |
 //! | [`doctor`] | host checks: io_uring probes, limits, CPUs, kernel settings (`keyward doctor`, start-up) |
 //! | [`config`] | every server setting and bound, validated |
@@ -36,6 +37,7 @@ pub mod admin;
 pub mod admins;
 pub mod assets;
 pub mod audit;
+pub mod backup;
 pub mod client;
 pub mod cluster;
 pub mod config;

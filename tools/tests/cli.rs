@@ -1,24 +1,12 @@
 //! keyward-ctl as a user runs it: generate keys, build a table from JSON lines, inspect and
 //! check snapshots, and verify against a real server (exit codes included).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyward-ctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{ctl, serve, serve_with_metrics, server_binary, text};
 
 /// `keyward-ctl keys generate` of `count` keys into `data`, the key file at `keys`.
 fn generate_keys(data: &Path, keys: &Path, count: usize) -> Output {
@@ -32,78 +20,6 @@ fn generate_keys(data: &Path, keys: &Path, count: usize) -> Output {
         "--out-keys",
         keys.to_str().unwrap(),
     ])
-}
-
-/// The server binary, built beside keyward-ctl by `cargo test --workspace`.
-fn server_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_keyward-ctl")).with_file_name("keyward");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-/// A running server: the child, its verify address, its control address, and its metrics
-/// address when it has a metrics listener.
-struct Server(Child, String, String, Option<String>);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(data_dir: &Path) -> Server {
-    serve_with_metrics(data_dir, "")
-}
-
-/// `serve`, with the metrics listener at `metrics` ("" for none).
-fn serve_with_metrics(data_dir: &Path, metrics: &str) -> Server {
-    let mut child = Command::new(server_binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            metrics,
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let after = |line: &str, marker: &str| {
-        line.split(marker)
-            .nth(1)
-            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
-    };
-    let mut verify = None;
-    let mut control = None;
-    let mut metrics_address = None;
-    loop {
-        let line = lines.next().expect("server exited").unwrap();
-        verify = verify.or(after(&line, "verify port listening on "));
-        control = control.or(after(&line, "control port listening on "));
-        metrics_address = metrics_address.or(after(&line, "metrics listening on "));
-        if line.contains("press Ctrl-C to stop") {
-            break;
-        }
-    }
-    Server(
-        child,
-        verify.expect("verify port line"),
-        control.expect("control port line"),
-        metrics_address,
-    )
 }
 
 #[test]

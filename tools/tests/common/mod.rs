@@ -1,0 +1,93 @@
+//! What the keyward-ctl tests share: running keyward-ctl, and a real keyward server beside it.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub fn ctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyward-ctl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The server binary, built beside keyward-ctl by `cargo test --workspace`.
+pub fn server_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_keyward-ctl")).with_file_name("keyward");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A running server: the child, its verify address, its control address, and its metrics
+/// address when it has a metrics listener.
+pub struct Server(pub Child, pub String, pub String, pub Option<String>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn serve(data_dir: &Path) -> Server {
+    serve_with_metrics(data_dir, "")
+}
+
+/// `serve`, with the metrics listener at `metrics` ("" for none).
+pub fn serve_with_metrics(data_dir: &Path, metrics: &str) -> Server {
+    let mut child = Command::new(server_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            metrics,
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let after = |line: &str, marker: &str| {
+        line.split(marker)
+            .nth(1)
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+    };
+    let mut verify = None;
+    let mut control = None;
+    let mut metrics_address = None;
+    loop {
+        let line = lines.next().expect("server exited").unwrap();
+        verify = verify.or(after(&line, "verify port listening on "));
+        control = control.or(after(&line, "control port listening on "));
+        metrics_address = metrics_address.or(after(&line, "metrics listening on "));
+        if line.contains("press Ctrl-C to stop") {
+            break;
+        }
+    }
+    Server(
+        child,
+        verify.expect("verify port line"),
+        control.expect("control port line"),
+        metrics_address,
+    )
+}
