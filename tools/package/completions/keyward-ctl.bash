@@ -22,6 +22,9 @@ _keyward__ctl() {
             keyward__ctl,audit)
                 cmd="keyward__ctl__subcmd__audit"
                 ;;
+            keyward__ctl,backup)
+                cmd="keyward__ctl__subcmd__backup"
+                ;;
             keyward__ctl,cluster)
                 cmd="keyward__ctl__subcmd__cluster"
                 ;;
@@ -144,6 +147,9 @@ _keyward__ctl() {
                 ;;
             keyward__ctl__subcmd__help,audit)
                 cmd="keyward__ctl__subcmd__help__subcmd__audit"
+                ;;
+            keyward__ctl__subcmd__help,backup)
+                cmd="keyward__ctl__subcmd__help__subcmd__backup"
                 ;;
             keyward__ctl__subcmd__help,cluster)
                 cmd="keyward__ctl__subcmd__help__subcmd__cluster"
@@ -353,7 +359,7 @@ _keyward__ctl() {
 
     case "${cmd}" in
         keyward__ctl)
-            opts="-h -V --help --version verify keys table issue import revoke rotate update inspect list stats compact stat self-revoke token log admin audit cluster generate-assets help"
+            opts="-h -V --help --version verify keys table issue import revoke rotate update inspect list stats compact stat self-revoke token log admin audit cluster backup generate-assets help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -662,6 +668,24 @@ _keyward__ctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        keyward__subcmd__ctl__subcmd__backup)
+            opts="-h --data-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         keyward__subcmd__ctl__subcmd__cluster)
             opts="-h --help export-secrets import-secrets help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -813,7 +837,7 @@ _keyward__ctl() {
             return 0
             ;;
         keyward__subcmd__ctl__subcmd__help)
-            opts="verify keys table issue import revoke rotate update inspect list stats compact stat self-revoke token log admin audit cluster generate-assets help"
+            opts="verify keys table issue import revoke rotate update inspect list stats compact stat self-revoke token log admin audit cluster backup generate-assets help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -913,6 +937,20 @@ _keyward__ctl() {
         keyward__subcmd__ctl__subcmd__help__subcmd__audit__subcmd__verify)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keyward__subcmd__ctl__subcmd__help__subcmd__backup)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
