@@ -30,8 +30,13 @@ use crate::record::{
 
 pub const FILE_NAME: &str = "deltas.log";
 pub const MAGIC: [u8; 8] = *b"KWLOG\r\n\0";
-pub const FORMAT_VERSION: u32 = 1;
-pub const FILE_HEADER_BYTES: usize = 16;
+/// Format 2 adds the sequence of the key table the log follows to the header; format 1 logs
+/// (written before it) are still read, and become format 2 at the next compaction.
+pub const FORMAT_VERSION: u32 = 2;
+/// The header a log is written with (format 2).
+pub const FILE_HEADER_BYTES: usize = 24;
+/// A format 1 log's header (no sequence: the table it follows is not known).
+pub const FILE_HEADER_BYTES_V1: usize = 16;
 pub const RECORD_HEADER_BYTES: usize = 8;
 /// Most key records in one delta (a batch import of 1000 is the largest producer).
 pub const RECORDS_PER_DELTA_MAX: usize = 1000;
@@ -95,9 +100,15 @@ pub enum LogError {
     },
     #[error("{path}: not a keyward delta log (bad magic)")]
     Magic { path: PathBuf },
-    #[error("{path}: delta log format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error("{path}: delta log format version {found} is not supported (this build reads 1 and {FORMAT_VERSION})")]
     Version { path: PathBuf, found: u32 },
-    #[error("{path}: missing or empty ({bytes} bytes, shorter than the {FILE_HEADER_BYTES}-byte header); a new log would forget every change since the snapshot, revocations included. Restore it from backup (docs/OPERATIONS.md, \"A damaged data directory\")")]
+    #[error("{path}: this log follows the key table at sequence {follows}, but snapshot.kws is at sequence {snapshot}: the changes after {snapshot} up to {follows}, revocations included, are in neither file (an older snapshot.kws was put back beside a newer log?). Refusing to start rather than lose them: put back the snapshot.kws that goes with this log, or restore both from one backup (docs/DEPLOY.md, \"Restoring\")")]
+    OlderSnapshot {
+        path: PathBuf,
+        follows: u64,
+        snapshot: u64,
+    },
+    #[error("{path}: missing or empty ({bytes} bytes, shorter than its header); a new log would forget every change since the snapshot, revocations included. Restore it from backup (docs/OPERATIONS.md, \"A damaged data directory\")")]
     Empty { path: PathBuf, bytes: usize },
     #[error("{path}: damaged record at byte offset {offset} ({reason}) is followed by a valid record (sequence {next_sequence} at byte offset {next_offset}): this is corruption, not a torn tail, and cutting it would drop acknowledged changes. Refusing to start; see `keyward-ctl log check` and docs/OPERATIONS.md, \"A damaged delta log\"")]
     Corrupt {
@@ -332,16 +343,63 @@ pub fn decode(bytes: &[u8]) -> Result<(Delta, usize), DecodeError> {
     ))
 }
 
-/// The bytes of a log that holds no delta yet (its header alone).
+/// The bytes of a log that holds no delta yet, following an empty key table (sequence 0).
 pub fn empty_log() -> [u8; FILE_HEADER_BYTES] {
-    file_header()
+    file_header(0)
 }
 
-fn file_header() -> [u8; FILE_HEADER_BYTES] {
+/// A format 2 header: magic, version, four zero bytes, then the sequence of the key table the
+/// log follows (it holds only changes after it).
+fn file_header(follows: u64) -> [u8; FILE_HEADER_BYTES] {
     let mut header = [0u8; FILE_HEADER_BYTES];
     header[0..8].copy_from_slice(&MAGIC);
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&follows.to_le_bytes());
     header
+}
+
+/// A log's header, read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    /// Where the first record starts.
+    pub bytes: usize,
+    /// The sequence of the key table the log follows; 0 for a format 1 log (not recorded).
+    pub follows: u64,
+}
+
+/// Why a header does not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Shorter than the header its version needs (`bytes` long).
+    Short(usize),
+    Magic,
+    Version(u32),
+}
+
+/// Reads the header at the start of `bytes`.
+pub fn read_header(bytes: &[u8]) -> Result<Header, HeaderError> {
+    if bytes.len() < FILE_HEADER_BYTES_V1 {
+        return Err(HeaderError::Short(bytes.len()));
+    }
+    if bytes[0..8] != MAGIC {
+        return Err(HeaderError::Magic);
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    match version {
+        1 => Ok(Header {
+            version,
+            bytes: FILE_HEADER_BYTES_V1,
+            follows: 0,
+        }),
+        2 if bytes.len() < FILE_HEADER_BYTES => Err(HeaderError::Short(bytes.len())),
+        2 => Ok(Header {
+            version,
+            bytes: FILE_HEADER_BYTES,
+            follows: u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+        }),
+        other => Err(HeaderError::Version(other)),
+    }
 }
 
 /// What replay found in the log.
@@ -381,29 +439,28 @@ impl DeltaLog {
             .map_err(io_error(path))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io_error(path))?;
-        if bytes.len() < FILE_HEADER_BYTES {
-            return Err(LogError::Empty {
+        let header = read_header(&bytes).map_err(|error| {
+            let path = path.to_path_buf();
+            match error {
+                HeaderError::Short(bytes) => LogError::Empty { path, bytes },
+                HeaderError::Magic => LogError::Magic { path },
+                HeaderError::Version(found) => LogError::Version { path, found },
+            }
+        })?;
+        // The log holds only changes after `follows`: a key table older than that would lose
+        // the changes in between, which no record of the log can show (the log may be empty).
+        if header.follows > after_sequence {
+            return Err(LogError::OlderSnapshot {
                 path: path.to_path_buf(),
-                bytes: bytes.len(),
-            });
-        }
-        if bytes[0..8] != MAGIC {
-            return Err(LogError::Magic {
-                path: path.to_path_buf(),
-            });
-        }
-        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-        if version != FORMAT_VERSION {
-            return Err(LogError::Version {
-                path: path.to_path_buf(),
-                found: version,
+                follows: header.follows,
+                snapshot: after_sequence,
             });
         }
         let mut replay = Replay {
             last_sequence: after_sequence,
             ..Replay::default()
         };
-        let mut at = FILE_HEADER_BYTES;
+        let mut at = header.bytes;
         let mut previous: Option<u64> = None;
         while at < bytes.len() {
             match decode(&bytes[at..]) {
@@ -481,12 +538,13 @@ impl DeltaLog {
         &self.path
     }
 
-    /// Replaces the log with one holding only `keep` (the deltas newer than a new snapshot):
-    /// written beside it, fsynced, renamed over it, directory fsynced.
-    pub fn rewrite(&mut self, keep: &[Vec<u8>]) -> Result<(), LogError> {
+    /// Replaces the log with one following the key table at sequence `follows` and holding
+    /// only `keep` (the deltas newer than it): written beside it, fsynced, renamed over it,
+    /// directory fsynced. Always in the current format.
+    pub fn rewrite(&mut self, follows: u64, keep: &[Vec<u8>]) -> Result<(), LogError> {
         let temporary = self.path.with_extension("log.tmp");
         let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
-        let mut bytes = file_header().to_vec();
+        let mut bytes = file_header(follows).to_vec();
         for encoded in keep {
             bytes.extend_from_slice(encoded);
         }
@@ -539,6 +597,8 @@ pub fn next_valid_record(bytes: &[u8], damaged: usize, previous: u64) -> Option<
 /// What `keyward-ctl log check` reports of a log: each whole record, and where damage begins.
 #[derive(Debug, Default)]
 pub struct LogReport {
+    /// The file's header.
+    pub header: Option<Header>,
     /// (byte offset, delta) for every record that decodes, in file order, past damage too.
     pub records: Vec<(u64, Delta)>,
     /// Byte offset and reason of the first damage, if any.
@@ -547,14 +607,16 @@ pub struct LogReport {
 
 /// Reads a log without changing it: every whole record, including valid ones after damage.
 pub fn inspect(bytes: &[u8]) -> Result<LogReport, DecodeError> {
-    let header = bytes
-        .get(..FILE_HEADER_BYTES)
-        .ok_or(DecodeError::Truncated)?;
-    if header[0..8] != MAGIC {
-        return Err(DecodeError::Field("magic"));
-    }
-    let mut report = LogReport::default();
-    let mut at = FILE_HEADER_BYTES;
+    let header = read_header(bytes).map_err(|error| match error {
+        HeaderError::Short(_) => DecodeError::Truncated,
+        HeaderError::Magic => DecodeError::Field("magic"),
+        HeaderError::Version(_) => DecodeError::Field("format version"),
+    })?;
+    let mut report = LogReport {
+        header: Some(header),
+        ..LogReport::default()
+    };
+    let mut at = header.bytes;
     let mut previous = 0;
     while at < bytes.len() {
         match decode(&bytes[at..]) {
@@ -712,5 +774,64 @@ mod tests {
         ));
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(DeltaLog::open(&path, 0), Err(LogError::Io { .. })));
+    }
+
+    #[test]
+    fn a_log_refuses_a_key_table_older_than_the_one_it_follows() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(FILE_NAME);
+        std::fs::write(&path, empty_log()).unwrap();
+        let (mut log, _) = DeltaLog::open(&path, 0).unwrap();
+        log.rewrite(5, &[encode(&delta(6))]).unwrap();
+        drop(log);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            read_header(&bytes),
+            Ok(Header {
+                version: 2,
+                bytes: FILE_HEADER_BYTES,
+                follows: 5
+            })
+        );
+        assert!(matches!(
+            DeltaLog::open(&path, 4),
+            Err(LogError::OlderSnapshot {
+                follows: 5,
+                snapshot: 4,
+                ..
+            })
+        ));
+        let (_, replay) = DeltaLog::open(&path, 5).unwrap();
+        assert_eq!(replay.last_sequence, 6);
+        // A newer table is fine: it holds what the log has and more.
+        let (_, replay) = DeltaLog::open(&path, 9).unwrap();
+        assert!(replay.deltas.is_empty());
+    }
+
+    #[test]
+    fn a_format_1_log_is_still_read() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(FILE_NAME);
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&encode(&delta(1)));
+        bytes.extend_from_slice(&encode(&delta(2)));
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, replay) = DeltaLog::open(&path, 1).unwrap();
+        assert_eq!(replay.deltas.len(), 1);
+        assert_eq!(inspect(&bytes).unwrap().records.len(), 2);
+        assert_eq!(read_header(&bytes).unwrap().follows, 0);
+    }
+
+    #[test]
+    fn short_or_unknown_headers_are_named() {
+        let mut bytes = empty_log().to_vec();
+        assert_eq!(read_header(&bytes[..20]), Err(HeaderError::Short(20)));
+        assert_eq!(read_header(&bytes[..3]), Err(HeaderError::Short(3)));
+        bytes[8] = 3;
+        assert_eq!(read_header(&bytes), Err(HeaderError::Version(3)));
+        bytes[0] = b'X';
+        assert_eq!(read_header(&bytes), Err(HeaderError::Magic));
     }
 }

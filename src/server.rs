@@ -545,6 +545,8 @@ fn bootstrap(
     settings: &crate::replication::NatsSettings,
 ) -> Result<(), ServerError> {
     let log_bytes = std::fs::metadata(data_dir.log_path()).map_or(0, |m| m.len());
+    // Longer than a format 2 header: it holds a record (a format 1 header is shorter still, and
+    // its smallest record makes it longer than that).
     if log_bytes > crate::delta::FILE_HEADER_BYTES as u64 {
         return Ok(()); // it has changes to replay: it follows the stream from after them
     }

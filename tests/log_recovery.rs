@@ -164,3 +164,58 @@ fn huge_length_field_before_valid_records_refuses_to_start() {
     std::fs::write(&path, &bytes).unwrap();
     assert_refused_as_corrupt(directory.path(), offsets[1]);
 }
+
+#[test]
+fn an_older_key_table_put_back_beside_a_compacted_log_is_refused() {
+    //! A compaction moves the changes into a new snapshot and empties the log. Putting an older
+    //! snapshot.kws back (from a backup, or copied before the log) beside that log started the
+    //! server silently without those changes: a revoked key was valid again.
+    let directory = tempfile::tempdir().unwrap();
+    let server = common::Server::start(directory.path(), &[]);
+    let mut admin = server.admin();
+    let answer = admin.call(opcode::ISSUE, &json!({ "name": "k" })).unwrap();
+    let credential = answer["credential"].as_str().unwrap().to_string();
+    let id = answer["key"]["id"].as_u64().unwrap();
+    admin.call(opcode::COMPACT, &json!({})).unwrap();
+    let older = std::fs::read(directory.path().join("snapshot.kws")).unwrap();
+    admin.call(opcode::REVOKE, &json!({ "id": id })).unwrap();
+    admin.call(opcode::COMPACT, &json!({})).unwrap();
+    server.kill();
+    let newer = std::fs::read(directory.path().join("snapshot.kws")).unwrap();
+
+    std::fs::write(directory.path().join("snapshot.kws"), &older).unwrap();
+    let mut child = common::keyward_command(directory.path(), &[])
+        .spawn()
+        .unwrap();
+    // Read until it says it serves (the defect) or closes its output (a refusal).
+    let mut stdout = String::new();
+    let mut started = false;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap())) {
+        let line = line.unwrap();
+        stdout.push_str(&line);
+        if line.contains("press Ctrl-C") {
+            started = true;
+            break;
+        }
+    }
+    if started {
+        let _ = child.kill();
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!started, "started with the revocation lost: {stdout}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("deltas.log"), "{stderr}");
+    assert!(stderr.contains("snapshot.kws"), "{stderr}");
+
+    // With its own table back, the revocation holds.
+    std::fs::write(directory.path().join("snapshot.kws"), &newer).unwrap();
+    let (_, statuses) = restart(directory.path(), &[credential]);
+    assert_eq!(statuses, [Status::Revoked]);
+}

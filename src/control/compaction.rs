@@ -265,8 +265,6 @@ fn build(
     Snapshot::open(path).map_err(|e| e.to_string())
 }
 
-/// Makes a new snapshot the base: rewrites the log to hold only newer deltas, drops what the
-/// snapshot includes from the control plane's overlay.
 /// Makes `snapshot` the control plane's base and shortens the log: `false` when the log could
 /// not be rewritten (changes are refused from then on).
 pub(super) async fn switch_snapshot(control: &Control, snapshot: &Arc<Snapshot>) -> bool {
@@ -292,7 +290,12 @@ pub(super) async fn switch_snapshot(control: &Control, snapshot: &Arc<Snapshot>)
     let rewritten = commit::with_files(
         control,
         "rewrite the delta log after compaction",
-        move |files| files.log.rewrite(&keep).map_err(|e| e.to_string()),
+        move |files| {
+            files
+                .log
+                .rewrite(included, &keep)
+                .map_err(|e| e.to_string())
+        },
     )
     .await;
     if !rewritten {

@@ -79,6 +79,17 @@ fn check(data_dir: &Path) -> Result<(), Failure> {
     let (path, bytes) = read_log(&data_dir)?;
     let report = delta::inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = std::io::stdout().lock();
+    if let Some(header) = report.header {
+        if header.version >= 2 {
+            writeln!(
+                out,
+                "format {}: follows the key table at sequence {}",
+                header.version, header.follows
+            )?;
+        } else {
+            writeln!(out, "format 1: the key table it follows is not recorded")?;
+        }
+    }
     for (offset, delta) in &report.records {
         writeln!(out, "offset {offset}: {}", describe(delta))?;
     }
@@ -111,14 +122,14 @@ fn check(data_dir: &Path) -> Result<(), Failure> {
 fn cut(data_dir: &Path, at: u64, drop_changes: bool) -> Result<(), Failure> {
     let data_dir = DataDir::open_existing(data_dir)?;
     let (path, bytes) = read_log(&data_dir)?;
-    if at < delta::FILE_HEADER_BYTES as u64 || at > bytes.len() as u64 {
+    let report = delta::inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let header_bytes = report.header.map_or(delta::FILE_HEADER_BYTES, |h| h.bytes) as u64;
+    if at < header_bytes || at > bytes.len() as u64 {
         return Err(Failure::Error(format!(
-            "--at must be between {} and the log's length, {}",
-            delta::FILE_HEADER_BYTES,
+            "--at must be between {header_bytes} (the end of the header) and the log's length, {}",
             bytes.len()
         )));
     }
-    let report = delta::inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let kept_end = report
         .records
         .iter()

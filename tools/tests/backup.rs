@@ -250,4 +250,22 @@ fn files_copied_by_hand_in_the_documented_order_survive_a_compaction_between_the
     restore(&backup, &restored_dir);
     let restored = serve(&restored_dir);
     assert_eq!(answers(&restored, &credentials), before);
+
+    // The other order, with a revocation and a compaction between the two copies: the old table
+    // and the emptied log would lose the revocation; the server refuses the pair, naming both.
+    let wrong = directory.path().join("wrong-order");
+    std::fs::create_dir(&wrong).unwrap();
+    for name in ["pepper", "master.key", "admin.token", "snapshot.kws"] {
+        std::fs::copy(data.join(name), wrong.join(name)).unwrap();
+    }
+    let answer = control.call(opcode::ISSUE, &json!({})).unwrap();
+    let id = answer["key"]["id"].as_u64().unwrap();
+    control.call(opcode::REVOKE, &json!({ "id": id })).unwrap();
+    control.call(opcode::COMPACT, &json!({})).unwrap();
+    std::fs::copy(data.join("deltas.log"), wrong.join("deltas.log")).unwrap();
+    let stderr = common::serve_expecting_refusal(&wrong);
+    assert!(
+        stderr.contains("deltas.log") && stderr.contains("snapshot.kws is at sequence"),
+        "{stderr}"
+    );
 }

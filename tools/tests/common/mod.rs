@@ -91,3 +91,41 @@ pub fn serve_with_metrics(data_dir: &Path, metrics: &str) -> Server {
         metrics_address,
     )
 }
+
+/// Runs `keyward serve` on `data_dir` expecting it to refuse to start: its stderr. A server that
+/// is still running after 20 s is killed and the test fails.
+pub fn serve_expecting_refusal(data_dir: &Path) -> String {
+    let mut child = Command::new(server_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "keyward started on {} instead of refusing",
+                data_dir.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    stderr
+}
