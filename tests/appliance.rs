@@ -6,7 +6,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -20,19 +19,7 @@ fn keyward() -> Command {
 
 /// Runs `command` with its open-files limit (soft and hard) set to `files`.
 fn with_file_limit(command: &mut Command, files: u64) -> &mut Command {
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child before exec.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: files,
-                rlim_max: files,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
+    common::with_file_limits(command, files, files)
 }
 
 fn doctor_json(output: &Output) -> serde_json::Value {

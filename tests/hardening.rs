@@ -8,7 +8,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -439,19 +438,7 @@ fn start_with_file_limits(
     extra: &[&str],
 ) -> common::Server {
     let mut command = common::keyward_command(directory, extra);
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child before exec.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::with_file_limits(&mut command, soft, hard);
     common::Server::start_command(command, directory)
 }
 

@@ -184,32 +184,7 @@ fn an_older_key_table_put_back_beside_a_compacted_log_is_refused() {
     let newer = std::fs::read(directory.path().join("snapshot.kws")).unwrap();
 
     std::fs::write(directory.path().join("snapshot.kws"), &older).unwrap();
-    let mut child = common::keyward_command(directory.path(), &[])
-        .spawn()
-        .unwrap();
-    // Read until it says it serves (the defect) or closes its output (a refusal).
-    let mut stdout = String::new();
-    let mut started = false;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap())) {
-        let line = line.unwrap();
-        stdout.push_str(&line);
-        if line.contains("press Ctrl-C") {
-            started = true;
-            break;
-        }
-    }
-    if started {
-        let _ = child.kill();
-    }
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(!started, "started with the revocation lost: {stdout}");
+    let (status, stderr) = common::start_expecting_failure(directory.path(), &[]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("deltas.log"), "{stderr}");
     assert!(stderr.contains("snapshot.kws"), "{stderr}");

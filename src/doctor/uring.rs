@@ -162,21 +162,33 @@ fn refused(what: &str, result: i32) -> String {
     )
 }
 
-fn buffer_ring() -> Result<(), String> {
+/// A loopback listener and a client connected to it (not yet accepted).
+fn loopback() -> Result<(TcpListener, TcpStream), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let client = TcpStream::connect_timeout(&address, Duration::from_secs(1))
+        .map_err(|e| format!("a loopback connection failed ({e})"))?;
+    Ok((listener, client))
+}
+
+/// A ring as a shard builds it, with a small provided buffer ring registered.
+fn ring_with_buffers() -> Result<(IoUring, BufferRing), String> {
     let (ring, _) = ring::build(8).map_err(|e| e.to_string())?;
     let buffers = BufferRing::register(&ring.submitter(), 1, 4, 64)
         .map_err(|e| format!("registering a provided buffer ring failed ({e})"))?;
+    Ok((ring, buffers))
+}
+
+fn buffer_ring() -> Result<(), String> {
+    let (ring, buffers) = ring_with_buffers()?;
     buffers
         .unregister(&ring.submitter())
         .map_err(|e| format!("unregistering a provided buffer ring failed ({e})"))
 }
 
 fn multishot_accept() -> Result<(), String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let (listener, _client) = loopback()?;
     let (mut ring, _) = ring::build(8).map_err(|e| e.to_string())?;
-    let _client = TcpStream::connect_timeout(&address, Duration::from_secs(1))
-        .map_err(|e| format!("a loopback connection failed ({e})"))?;
     let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
         .build()
         .user_data(1);
@@ -197,14 +209,9 @@ fn multishot_accept() -> Result<(), String> {
 }
 
 fn multishot_receive() -> Result<(), String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let mut client = TcpStream::connect_timeout(&address, Duration::from_secs(1))
-        .map_err(|e| format!("a loopback connection failed ({e})"))?;
+    let (listener, mut client) = loopback()?;
     let (server, _) = listener.accept().map_err(|e| e.to_string())?;
-    let (mut ring, _) = ring::build(8).map_err(|e| e.to_string())?;
-    let buffers = BufferRing::register(&ring.submitter(), 1, 4, 64)
-        .map_err(|e| format!("registering a provided buffer ring failed ({e})"))?;
+    let (mut ring, buffers) = ring_with_buffers()?;
     client.write_all(b"k").map_err(|e| e.to_string())?;
     let receive = opcode::RecvMulti::new(types::Fd(server.as_raw_fd()), buffers.group())
         .build()

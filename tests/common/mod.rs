@@ -205,11 +205,52 @@ impl Server {
 
 /// Runs the server expecting it to refuse to start; returns (exit status, stderr).
 pub fn start_expecting_failure(data_dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
-    let output = keyward_command(data_dir, extra).output().unwrap();
-    (
-        output.status,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    refusal(keyward_command(data_dir, extra))
+}
+
+/// Runs a prepared `keyward serve` expecting it to refuse to start: (exit status, stderr). A
+/// server still running after 30 s started instead: it is killed and the test fails (rather than
+/// waiting for it forever).
+pub fn refusal(mut command: Command) -> (ExitStatus, String) {
+    let mut child = command.stdout(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keyward started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+/// Sets `command`'s open-files limit (soft and hard) for the process it starts.
+pub fn with_file_limits(command: &mut Command, soft: u64, hard: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child before exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Resident memory of a process, in KiB.

@@ -43,6 +43,29 @@ fn answers(server: &Server, credentials: &[String]) -> Vec<Status> {
         .collect()
 }
 
+/// A new data directory of `count` generated keys (valid, revoked, expired, …): their
+/// credentials.
+fn generated_keys(data: &Path, count: usize) -> Vec<String> {
+    let keys_file = data.with_extension("keys.txt");
+    let generated = ctl(&[
+        "keys",
+        "generate",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--count",
+        &count.to_string(),
+        "--out-keys",
+        keys_file.to_str().unwrap(),
+    ]);
+    assert!(generated.status.success(), "{}", text(&generated));
+    let file = std::fs::File::open(&keys_file).unwrap();
+    keyward::keyset::read_key_file(std::io::BufReader::new(file))
+        .unwrap()
+        .into_iter()
+        .map(|k| k.credential)
+        .collect()
+}
+
 /// `cp -a BACKUP/. NEW/` into a fresh directory of mode 0700: the restore DEPLOY.md describes.
 fn restore(backup: &Path, fresh: &Path) {
     use std::os::unix::fs::DirBuilderExt;
@@ -60,25 +83,7 @@ fn restore(backup: &Path, fresh: &Path) {
 fn a_backup_of_a_running_server_restored_elsewhere_answers_every_key_as_before() {
     let directory = tempfile::tempdir().unwrap();
     let data = directory.path().join("data");
-    let keys_file = directory.path().join("keys.txt");
-    let generated = ctl(&[
-        "keys",
-        "generate",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--count",
-        "300",
-        "--out-keys",
-        keys_file.to_str().unwrap(),
-    ]);
-    assert!(generated.status.success(), "{}", text(&generated));
-    let file = std::fs::File::open(&keys_file).unwrap();
-    let mut credentials: Vec<String> =
-        keyward::keyset::read_key_file(std::io::BufReader::new(file))
-            .unwrap()
-            .into_iter()
-            .map(|k| k.credential)
-            .collect();
+    let mut credentials = generated_keys(&data, 300);
     let server = serve(&data);
     let mut control = admin(&server, &data);
 
@@ -205,25 +210,7 @@ fn files_copied_by_hand_in_the_documented_order_survive_a_compaction_between_the
     //! for a compaction is between the log and the snapshot; it is forced there.
     let directory = tempfile::tempdir().unwrap();
     let data = directory.path().join("data");
-    let keys_file = directory.path().join("keys.txt");
-    let generated = ctl(&[
-        "keys",
-        "generate",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--count",
-        "200",
-        "--out-keys",
-        keys_file.to_str().unwrap(),
-    ]);
-    assert!(generated.status.success(), "{}", text(&generated));
-    let file = std::fs::File::open(&keys_file).unwrap();
-    let mut credentials: Vec<String> =
-        keyward::keyset::read_key_file(std::io::BufReader::new(file))
-            .unwrap()
-            .into_iter()
-            .map(|k| k.credential)
-            .collect();
+    let mut credentials = generated_keys(&data, 200);
     let server = serve(&data);
     let mut control = admin(&server, &data);
     for n in 0..20 {

@@ -46,22 +46,26 @@ pub fn serve(data_dir: &Path) -> Server {
     serve_with_metrics(data_dir, "")
 }
 
-/// `serve`, with the metrics listener at `metrics` ("" for none).
-pub fn serve_with_metrics(data_dir: &Path, metrics: &str) -> Server {
-    let mut child = Command::new(server_binary())
+/// `keyward serve` on `data_dir` with 2 shards on free loopback ports, the metrics listener at
+/// `metrics` ("" for none).
+fn serve_command(data_dir: &Path, metrics: &str) -> Command {
+    let mut command = Command::new(server_binary());
+    command
         .args([
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--control",
             "127.0.0.1:0",
-            "--metrics-listen",
-            metrics,
-            "--shards",
-            "2",
-            "--data-dir",
         ])
-        .arg(data_dir)
+        .args(["--metrics-listen", metrics, "--shards", "2", "--data-dir"])
+        .arg(data_dir);
+    command
+}
+
+/// `serve`, with the metrics listener at `metrics` ("" for none).
+pub fn serve_with_metrics(data_dir: &Path, metrics: &str) -> Server {
+    let mut child = serve_command(data_dir, metrics)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
