@@ -47,16 +47,7 @@ fn answers(server: &Server, credentials: &[String]) -> Vec<Status> {
 /// credentials.
 fn generated_keys(data: &Path, count: usize) -> Vec<String> {
     let keys_file = data.with_extension("keys.txt");
-    let generated = ctl(&[
-        "keys",
-        "generate",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--count",
-        &count.to_string(),
-        "--out-keys",
-        keys_file.to_str().unwrap(),
-    ]);
+    let generated = common::generate_keys(data, &keys_file, count);
     assert!(generated.status.success(), "{}", text(&generated));
     let file = std::fs::File::open(&keys_file).unwrap();
     keyward::keyset::read_key_file(std::io::BufReader::new(file))

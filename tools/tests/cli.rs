@@ -4,23 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use common::{ctl, serve, serve_with_metrics, server_binary, text};
-
-/// `keyward-ctl keys generate` of `count` keys into `data`, the key file at `keys`.
-fn generate_keys(data: &Path, keys: &Path, count: usize) -> Output {
-    ctl(&[
-        "keys",
-        "generate",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--count",
-        &count.to_string(),
-        "--out-keys",
-        keys.to_str().unwrap(),
-    ])
-}
+use common::{ctl, generate_keys, serve, serve_with_metrics, text};
 
 #[test]
 fn generate_serve_verify() {
@@ -373,26 +359,8 @@ fn a_version_1_table_is_refused_by_the_server_then_upgraded_keeping_every_key() 
     }
 
     // The server refuses it and says what to run.
-    let refused = Command::new(server_binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-    assert!(
-        text(&refused).contains("keyward-ctl table upgrade"),
-        "{}",
-        text(&refused)
-    );
+    let refused = common::serve_expecting_refusal(&data);
+    assert!(refused.contains("keyward-ctl table upgrade"), "{refused}");
     // Nothing replaces keys it cannot see as a current table.
     let keys = root.path().join("new-keys.txt");
     let replaced = generate_keys(&data, &keys, 5);

@@ -12,6 +12,20 @@ pub fn ctl(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `keyward-ctl keys generate` of `count` keys into `data`, the key file at `keys`.
+pub fn generate_keys(data: &Path, keys: &Path, count: usize) -> Output {
+    ctl(&[
+        "keys",
+        "generate",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--count",
+        &count.to_string(),
+        "--out-keys",
+        keys.to_str().unwrap(),
+    ])
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -99,16 +113,7 @@ pub fn serve_with_metrics(data_dir: &Path, metrics: &str) -> Server {
 /// Runs `keyward serve` on `data_dir` expecting it to refuse to start: its stderr. A server that
 /// is still running after 20 s is killed and the test fails.
 pub fn serve_expecting_refusal(data_dir: &Path) -> String {
-    let mut child = Command::new(server_binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-        ])
-        .args(["--metrics-listen", "", "--data-dir"])
-        .arg(data_dir)
+    let mut child = serve_command(data_dir, "")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
