@@ -417,11 +417,16 @@ fn ready_comes_once_the_verify_port_answers_and_the_watchdog_stops_when_a_shard_
         "{} pings in 2.3 s",
         healthy.len()
     );
+    // Half of WATCHDOG_USEC apart on average; none late enough to let the watchdog fire.
+    let mean = (healthy[healthy.len() - 1] - healthy[0]) / (healthy.len() as u32 - 1);
+    assert!(
+        mean >= Duration::from_millis(400) && mean <= Duration::from_millis(650),
+        "pings {mean:?} apart on average"
+    );
     for pair in healthy.windows(2) {
-        let gap = pair[1] - pair[0];
         assert!(
-            gap >= Duration::from_millis(300) && gap <= Duration::from_millis(900),
-            "pings {gap:?} apart"
+            pair[1] - pair[0] < Duration::from_secs(1),
+            "a ping came late"
         );
     }
 
