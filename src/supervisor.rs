@@ -114,7 +114,7 @@ fn notify_loop(board: &Board, shutdown: &Shutdown, serving: &str, watchdog: Opti
             last_status = line;
         }
     }
-    stopping("stopping: finishing the answers in flight");
+    stopping("stopping: closing connections, stopping the shards");
 }
 
 /// The shards whose tick count did not move between two looks.
