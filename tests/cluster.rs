@@ -23,9 +23,36 @@ struct Nats {
 }
 
 impl Nats {
+    /// Starts the cluster on free ports. A port found free can be taken by another test before
+    /// nats-server binds it (the tests run in parallel), so a server that exits while starting
+    /// makes the whole cluster start again on new ports, a few times at most.
     fn start(dir: &Path) -> Nats {
-        let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-        let route_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+        const ATTEMPTS_MAX: usize = 5;
+        let mut failures = Vec::new();
+        for attempt in 0..ATTEMPTS_MAX {
+            let mut nats = Nats::configure(&dir.join(format!("attempt-{attempt}")));
+            for i in 0..3 {
+                let child = nats.spawn(i);
+                nats.servers.push(Some(child));
+            }
+            match nats.wait_for_clients() {
+                Ok(()) => return nats,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("the NATS cluster did not start in {ATTEMPTS_MAX} attempts: {failures:#?}");
+    }
+
+    fn configure(dir: &Path) -> Nats {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let port = common::free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let (client_ports, route_ports) = (ports[..3].to_vec(), ports[3..].to_vec());
         let routes: Vec<String> = route_ports
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
@@ -44,41 +71,64 @@ impl Nats {
             std::fs::write(&path, config).unwrap();
             configs.push(path);
         }
-        let mut nats = Nats {
+        Nats {
             servers: Vec::new(),
             client_ports,
             configs,
-        };
-        for i in 0..3 {
-            let child = nats.spawn(i);
-            nats.servers.push(Some(child));
         }
-        nats.wait_for_clients();
-        nats
+    }
+
+    /// Where server `i` writes what it says (kept for a failure's message).
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.configs[i].with_extension("log")
     }
 
     fn spawn(&self, i: usize) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
         Command::new("nats-server")
             .arg("-c")
             .arg(&self.configs[i])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start nats-server")
     }
 
-    fn wait_for_clients(&self) {
+    /// Waits until every running server takes clients; a server that exited, one still not
+    /// listening after 20 s, or a port answered by something else is an error with the end of
+    /// the server's log.
+    fn wait_for_clients(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for (i, port) in self.client_ports.iter().enumerate() {
-            if self.servers[i].is_none() {
+        for i in 0..self.client_ports.len() {
+            let port = self.client_ports[i];
+            let Some(child) = self.servers[i].as_mut() else {
                 continue;
-            }
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(Instant::now() < deadline, "nats-server {i} did not listen");
-                std::thread::sleep(Duration::from_millis(50));
+            };
+            loop {
+                let state = match greeting(port) {
+                    Some(info) if info.contains(&format!("\"server_name\":\"n{i}\"")) => break,
+                    Some(_) => "is answered by another process".to_string(),
+                    None => match child.try_wait().unwrap() {
+                        Some(status) => format!("exited ({status})"),
+                        None if Instant::now() >= deadline => "did not listen in 20 s".to_string(),
+                        None => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    },
+                };
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(5)..];
+                return Err(format!("nats-server {i}: port {port} {state}: {tail:?}"));
             }
         }
+        Ok(())
     }
 
     fn url(&self, i: usize) -> String {
@@ -95,7 +145,9 @@ impl Nats {
     fn restart(&mut self, i: usize) {
         assert!(self.servers[i].is_none());
         self.servers[i] = Some(self.spawn(i));
-        self.wait_for_clients();
+        if let Err(why) = self.wait_for_clients() {
+            panic!("{why}");
+        }
     }
 
     fn kill(&mut self, i: usize) {
@@ -112,6 +164,23 @@ impl Drop for Nats {
             self.kill(i);
         }
     }
+}
+
+/// The first line a server on `port` sends (a NATS server begins with `INFO {...}`), or None
+/// where nothing listens there yet or nothing is said within a second.
+fn greeting(port: u16) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut said = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !said.contains(&b'\n') && said.len() < 64 * 1024 {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => said.extend_from_slice(&buffer[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&said).into_owned())
 }
 
 /// A keyward node of the cluster.
