@@ -30,6 +30,7 @@
 //! | [`token`] | derived capability tokens: format, MAC chain, attenuation |
 //! | [`admin`] | the control protocol's messages and a blocking admin client |
 //! | [`assets`] | man pages and shell completions generated from a binary's CLI |
+//! | [`stdout`] | the binaries' output: a reader gone (`\| head`) ends a command quietly, not in a panic |
 //! | [`supervisor`] | systemd notification: status lines, readiness, watchdog pings |
 //! | [`throttle`] | rate-limited log lines for what the world can provoke |
 
@@ -60,6 +61,7 @@ pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod snapshot;
+pub mod stdout;
 pub mod supervisor;
 pub mod table_stats;
 pub mod table_writer;

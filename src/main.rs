@@ -1,5 +1,6 @@
 //! `keyward`: the server binary. Thin: parse flags into a config, then `server::run`.
 
+use keyward::{out, outln};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -251,14 +252,14 @@ fn try_main(cli: Cli) -> Result<(), String> {
             let file = args.config.clone();
             args.into_config().map_err(|e| e.to_string())?;
             match file {
-                Some(file) => println!("{}: valid", file.display()),
-                None => println!("the defaults are valid (no --config given)"),
+                Some(file) => outln!("{}: valid", file.display()),
+                None => outln!("the defaults are valid (no --config given)"),
             }
             Ok(())
         }
         Command::Config(ConfigCommand::Print(args)) => {
             let config = args.into_config().map_err(|e| e.to_string())?;
-            print!("{}", config.to_toml());
+            out!("{}", config.to_toml());
             Ok(())
         }
         Command::GenerateAssets { dir } => {
@@ -272,9 +273,9 @@ fn doctor(args: DoctorArgs) -> Result<(), String> {
     let config = args.serve.into_config().map_err(|e| e.to_string())?;
     let checks = keyward::doctor::run(&config);
     if args.json {
-        println!("{}", keyward::doctor::render_json(&checks));
+        outln!("{}", keyward::doctor::render_json(&checks));
     } else {
-        print!("{}", keyward::doctor::render_text(&checks));
+        out!("{}", keyward::doctor::render_text(&checks));
     }
     if keyward::doctor::worst(&checks) == keyward::doctor::Verdict::Fail {
         std::process::exit(1);
@@ -374,8 +375,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .iter()
         .map(|r| format!("shard {} {}", r.shard, r.connections_accepted))
         .collect();
-    print!(
-        "{}",
+    // Best effort, like the start-up lines: a server does not fail over its stdout.
+    let _ = std::io::stdout().write_all(
         keyward::logging::line(
             keyward::logging::Level::Info,
             format_args!(
@@ -386,8 +387,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 } else {
                     answered.join(", ")
                 }
-            )
+            ),
         )
+        .as_bytes(),
     );
     Ok(())
 }

@@ -481,3 +481,21 @@ fn ready_comes_once_the_verify_port_answers_and_the_watchdog_stops_when_a_shard_
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn output_to_a_reader_that_has_gone_ends_quietly_not_in_a_panic() {
+    //! `keyward config print | head -1` panicked: println! on a closed pipe.
+    let output = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["config", "print"])
+        .stdout(common::closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(keyward::stdout::EXIT_READER_GONE),
+        "{stderr}"
+    );
+    assert_eq!(stderr, "");
+}

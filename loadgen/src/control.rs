@@ -3,6 +3,7 @@
 //! is measured per request from send to acknowledgement (which includes the fsync and the
 //! fan-out to every shard).
 
+use keyward::outln;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -91,7 +92,7 @@ fn report(
     let requests = histogram.len();
     let rate = requests as f64 / elapsed.as_secs_f64().max(1e-9);
     if args.json {
-        println!(
+        outln!(
             "{{\"op\":\"{name}\",\"clients\":{clients},\"requests\":{requests},\"seconds\":{:.3},\"requests_per_sec\":{rate:.1},\"items_per_sec\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p99.9_us\":{:.1},\"max_us\":{:.1}}}",
             elapsed.as_secs_f64(),
             rate * items_per_request as f64,
@@ -102,24 +103,24 @@ fn report(
         );
         return;
     }
-    println!(
+    outln!(
         "keyward-loadgen: {name} against {}, {clients} client(s), {:.1} s",
         args.control,
         elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "requests     {} ({}/s)",
         thousands(requests),
         thousands(rate as u64)
     );
     if items_per_request > 1 {
-        println!(
+        outln!(
             "keys         {} ({}/s)",
             thousands(requests * items_per_request),
             thousands((rate * items_per_request as f64) as u64)
         );
     }
-    println!(
+    outln!(
         "latency      p50 {} p90 {} p99 {} p99.9 {} max {}",
         micros(histogram.value_at_percentile(50.0)),
         micros(histogram.value_at_percentile(90.0)),

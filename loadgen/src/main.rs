@@ -8,6 +8,7 @@
 //! reports the highest rate whose p99 stays under `--slo-p99`. Control-port operations
 //! (`--op issue|revoke|import`) live in `control.rs`.
 
+use keyward::outln;
 use std::net::{IpAddr, SocketAddr};
 
 use keyward::endpoint::Endpoint;
@@ -400,7 +401,7 @@ fn run(args: Args) -> Result<bool, String> {
     if args.json {
         let mut report = outcome.json();
         report["settings"] = settings;
-        println!("{report}");
+        outln!("{report}");
     } else {
         outcome.print(&headline(&args, args.rate, outcome.seconds));
     }
@@ -694,7 +695,7 @@ fn sweep(args: &Args, requests: &Arc<Requests>) -> Result<bool, String> {
                 row
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "settings": settings(args, None),
@@ -705,20 +706,25 @@ fn sweep(args: &Args, requests: &Arc<Requests>) -> Result<bool, String> {
             })
         );
     } else {
-        println!("{}", headline(args, None, duration.as_secs_f64()));
-        println!(
+        outln!("{}", headline(args, None, duration.as_secs_f64()));
+        outln!(
             "closed-loop capacity {} requests/s (p50 {}, p99 {}); open-loop steps, p99 bound {}:",
             thousands(capacity.rate() as u64),
             micros(capacity.percentile(50.0)),
             micros(capacity.percentile(99.0)),
             micros(slo.as_nanos() as u64),
         );
-        println!(
+        outln!(
             "{:>14} {:>14} {:>10} {:>10} {:>10} {:>10}  within",
-            "target/s", "achieved/s", "p50", "p99", "p99.9", "max"
+            "target/s",
+            "achieved/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "max"
         );
         for (rate, outcome, within) in &steps {
-            println!(
+            outln!(
                 "{:>14} {:>14} {:>10} {:>10} {:>10} {:>10}  {}",
                 thousands(*rate as u64),
                 thousands(outcome.rate() as u64),
@@ -730,12 +736,12 @@ fn sweep(args: &Args, requests: &Arc<Requests>) -> Result<bool, String> {
             );
         }
         match best_rate {
-            Some(rate) => println!(
+            Some(rate) => outln!(
                 "highest rate with p99 ≤ {}: {} requests/s",
                 micros(slo.as_nanos() as u64),
                 thousands(rate as u64)
             ),
-            None => println!(
+            None => outln!(
                 "no step kept p99 ≤ {}: the bound is below this server's latency even at {} requests/s",
                 micros(slo.as_nanos() as u64),
                 thousands((capacity.rate() / args.sweep_steps as f64) as u64)

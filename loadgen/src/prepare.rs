@@ -3,6 +3,7 @@
 //! and scopes ([`wire::stored_value`]); credentials that must be unknown or malformed are not
 //! stored. Stores are pipelined in chunks and every acknowledgement is checked.
 
+use keyward::outln;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,7 @@ pub fn run(args: &Args, requests: &Requests) -> Result<(), String> {
             }
         }
     }
-    println!(
+    outln!(
         "keyward-loadgen: stored {} credentials in {} at {server} in {:.1} s (unknown and malformed ones left out, as they would be)",
         thousands(keys.len() as u64),
         args.protocol.name(),

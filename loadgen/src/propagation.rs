@@ -4,6 +4,7 @@
 //! until it stops answering `valid`. Reported: acknowledgement to first refusal (the window in
 //! which the other node still said `valid`), and the REVOKE's own acknowledgement latency.
 
+use keyward::outln;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -126,7 +127,7 @@ fn report(
     elapsed: Duration,
 ) {
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "op": "propagation",
@@ -142,19 +143,19 @@ fn report(
         );
         return;
     }
-    println!(
+    outln!(
         "keyward-loadgen: {count} revocations on {}, watched on {} ({:.1} s)",
         args.control,
         args.server,
         elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "still valid there after the ack   p50 {:.0} µs   p99 {:.0} µs   max {:.0} µs",
         us(window, 50.0),
         us(window, 99.0),
         window.max() as f64 / 1e3
     );
-    println!(
+    outln!(
         "REVOKE acknowledgement            p50 {:.0} µs   p99 {:.0} µs",
         us(acks, 50.0),
         us(acks, 99.0)

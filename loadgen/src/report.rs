@@ -1,6 +1,7 @@
 //! What a run reports: the final table, JSON for machines, the HdrHistogram percentile
 //! distribution (`.hgrm`), and SVG plots.
 
+use keyward::outln;
 use std::io::Write;
 use std::path::Path;
 
@@ -57,7 +58,7 @@ impl Outcome {
     }
 
     pub fn print(&self, headline: &str) {
-        println!("{headline}");
+        outln!("{headline}");
         let mut throughput = format!(
             "throughput   {} requests/s ({} requests in {:.1} s)",
             thousands(self.rate() as u64),
@@ -77,7 +78,7 @@ impl Outcome {
                 100.0 * self.rate() / target
             ));
         }
-        println!("{throughput}");
+        outln!("{throughput}");
         let mut latency = String::from("latency     ");
         if self.target_rate.is_some() {
             latency = format!(
@@ -89,12 +90,12 @@ impl Outcome {
             latency.push_str(&format!(" {name} {}", micros(self.percentile(q))));
         }
         latency.push_str(&format!(" max {}", micros(self.histogram.max())));
-        println!("{latency}");
+        outln!("{latency}");
         if self
             .target_rate
             .is_some_and(|target| self.rate() < 0.95 * target)
         {
-            println!("             the server fell behind the schedule: latencies grow with the backlog, and requests still waiting at the end are counted below, not above");
+            outln!("             the server fell behind the schedule: latencies grow with the backlog, and requests still waiting at the end are counted below, not above");
         }
         let statuses: Vec<String> = Status::ALL
             .iter()
@@ -103,9 +104,9 @@ impl Outcome {
             .map(|(s, n)| format!("{s} {}", thousands(n)))
             .collect();
         if !statuses.is_empty() {
-            println!("statuses     {}", statuses.join(", "));
+            outln!("statuses     {}", statuses.join(", "));
         }
-        println!(
+        outln!(
             "errors       {} wrong answers, {} unanswered{}",
             thousands(self.tally.mismatches),
             thousands(self.unanswered),
@@ -120,7 +121,7 @@ impl Outcome {
         );
         if self.per_thread.len() > 1 {
             let spread: Vec<String> = self.per_thread.iter().map(|n| thousands(*n)).collect();
-            println!("per thread   {}", spread.join(" / "));
+            outln!("per thread   {}", spread.join(" / "));
         }
     }
 

@@ -700,3 +700,37 @@ fn the_man_page_and_completions_are_the_cli() {
         panic!("{drift}: run tools/package/generate-assets.sh");
     }
 }
+
+#[test]
+fn a_report_to_a_reader_that_has_gone_ends_quietly_not_in_a_panic() {
+    //! `keyward-loadgen … | head` panicked: println! on a closed pipe.
+    let server = keyward(100);
+    let output = Command::new(env!("CARGO_BIN_EXE_keyward-loadgen"))
+        .args(["--server", &server.verify, "--op", "ping"])
+        .args(["--duration", "1", "--warmup", "0", "--quiet"])
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(keyward::stdout::EXIT_READER_GONE),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The write end of a pipe whose reader has already gone, as under `| head` once head has read
+/// enough. (`std::io::pipe` would do, but it is newer than the supported Rust.)
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills both descriptors; each is then owned exactly once.
+    assert_eq!(
+        unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
+    drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(ends[0]) });
+    std::process::Stdio::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ends[1]) })
+}

@@ -1,5 +1,6 @@
 //! The admin commands: each one request (or a few) to the control port.
 
+use keyward::outln;
 use std::io::{BufRead, BufReader};
 
 use serde_json::{json, Value};
@@ -71,7 +72,7 @@ fn key_line(key: &Value) -> String {
 
 fn print(args: &AdminArgs, value: &Value, human: impl FnOnce(&Value)) {
     if args.json {
-        println!("{value}");
+        outln!("{value}");
     } else {
         human(value);
     }
@@ -94,7 +95,7 @@ pub fn issue(args: IssueArgs) -> Result<(), Failure> {
     };
     let answer = call(&args.admin, opcode::ISSUE, &request)?;
     print(&args.admin, &answer, |a| {
-        println!("{}", a["credential"].as_str().unwrap_or(""));
+        outln!("{}", a["credential"].as_str().unwrap_or(""));
         eprintln!(
             "{}{}",
             key_line(&a["key"]),
@@ -175,7 +176,7 @@ pub fn import(args: ImportArgs) -> Result<(), Failure> {
         if items.len() > args.batch {
             eprintln!();
         }
-        println!(
+        outln!(
             "imported {imported} keys, {failed} refused, in {:.1} s",
             started.elapsed().as_secs_f64()
         );
@@ -201,7 +202,7 @@ pub fn revoke(args: RevokeArgs) -> Result<(), Failure> {
         } else {
             ""
         };
-        println!("revoked: {}{note}", key_line(&a["key"]));
+        outln!("revoked: {}{note}", key_line(&a["key"]));
     });
     Ok(())
 }
@@ -216,7 +217,7 @@ pub fn rotate(args: RotateArgs) -> Result<(), Failure> {
     };
     let answer = call(&args.admin, opcode::ROTATE, &request)?;
     print(&args.admin, &answer, |a| {
-        println!("{}", a["credential"].as_str().unwrap_or(""));
+        outln!("{}", a["credential"].as_str().unwrap_or(""));
         eprintln!("new:      {}", key_line(&a["key"]));
         eprintln!("previous: {}", key_line(&a["previous"]));
     });
@@ -232,7 +233,7 @@ pub fn update(args: UpdateArgs) -> Result<(), Failure> {
     };
     let answer = call(&args.admin, opcode::UPDATE, &request)?;
     print(&args.admin, &answer, |a| {
-        println!("updated: {}", key_line(&a["key"]))
+        outln!("updated: {}", key_line(&a["key"]))
     });
     Ok(())
 }
@@ -245,7 +246,7 @@ pub fn inspect(args: InspectArgs) -> Result<(), Failure> {
         &InspectRequest { id, credential },
     )?;
     print(&args.admin, &answer, |a| {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&a["key"]).unwrap_or_default()
         )
@@ -270,7 +271,7 @@ pub fn list(args: ListArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::Error(e.to_string()))?;
         print(&args.admin, &answer, |a| {
             for key in a["keys"].as_array().into_iter().flatten() {
-                println!("{}", key_line(key));
+                outln!("{}", key_line(key));
             }
         });
         match answer["next"].as_u64() {
@@ -294,7 +295,7 @@ pub fn stats(args: StatsArgs) -> Result<(), Failure> {
     print(&args, &answer, |a| {
         if let Some(map) = a.as_object() {
             for (name, value) in map {
-                println!("{name:<22} {value}");
+                outln!("{name:<22} {value}");
             }
         }
     });
@@ -304,7 +305,7 @@ pub fn stats(args: StatsArgs) -> Result<(), Failure> {
 pub fn compact(args: AdminArgs) -> Result<(), Failure> {
     let answer = call(&args, opcode::COMPACT, &Empty {})?;
     print(&args, &answer, |a| {
-        println!(
+        outln!(
             "compacted: snapshot at sequence {} with {} keys ({} bytes) in {:.2} s",
             a["snapshot_sequence"],
             a["records"],
@@ -345,7 +346,7 @@ pub fn admins(command: AdminCommand) -> Result<(), Failure> {
                         a["name"],
                         role.name()
                     );
-                    println!("{token}");
+                    outln!("{token}");
                 });
             }
             Ok(())
@@ -357,7 +358,7 @@ pub fn admins(command: AdminCommand) -> Result<(), Failure> {
                 &keyward::admin::AdminRemoveRequest { name },
             )?;
             print(&admin, &answer, |a| {
-                println!(
+                outln!(
                     "admin {} removed: its token is refused from now on",
                     a["removed"]
                 )
@@ -368,7 +369,7 @@ pub fn admins(command: AdminCommand) -> Result<(), Failure> {
             let answer = call(&admin, opcode::ADMIN_LIST, &Empty {})?;
             print(&admin, &answer, |a| {
                 for entry in a["admins"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "{:<24} {}",
                         entry["name"].as_str().unwrap_or("?"),
                         entry["role"].as_str().unwrap_or("?")

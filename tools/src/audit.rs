@@ -1,6 +1,7 @@
 //! `keyward-ctl audit verify|tail`: the audit trail of a data directory, read from its files
 //! (docs/FORMATS.md, "audit.log"). Reading needs read access to the files, not a token.
 
+use keyward::outln;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -118,12 +119,12 @@ fn verify(args: &VerifyArgs) -> Result<(), Failure> {
     match audit::walk(&args.data_dir, |_| {}) {
         Ok(verified) => {
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "ok": true, "verified": verified })
                 );
             } else {
-                println!(
+                outln!(
                     "audit trail intact: {} lines ({}..{}) in {} file(s); head {}",
                     verified.lines,
                     verified.first.unwrap_or(0),
@@ -136,7 +137,7 @@ fn verify(args: &VerifyArgs) -> Result<(), Failure> {
         }
         Err(broken) => {
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "ok": false,
@@ -172,7 +173,7 @@ impl Filter {
 
 fn show(entry: &Entry, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(entry).unwrap_or_default());
+        outln!("{}", serde_json::to_string(entry).unwrap_or_default());
         return;
     }
     let mut line = format!("{} #{} {} {}", entry.time, entry.n, entry.actor, entry.op);
@@ -192,7 +193,7 @@ fn show(entry: &Entry, json: bool) {
     if let Some(detail) = &entry.detail {
         line += &format!(" {detail}");
     }
-    println!("{line}");
+    outln!("{line}");
 }
 
 fn tail(args: &TailArgs) -> Result<(), Failure> {

@@ -1,6 +1,7 @@
 //! `keyward-ctl cluster export-secrets|import-secrets`: carry a node's secrets and admin tokens
 //! to a new node of the same cluster, in a file the operator moves (docs/CLUSTER.md).
 
+use keyward::outln;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ pub fn run(command: ClusterCommand) -> Result<(), Failure> {
             file.write_all(text.as_bytes())
                 .and_then(|()| file.sync_all())
                 .map_err(|e| Failure::Error(format!("{}: {e}", out.display())))?;
-            println!(
+            outln!(
                 "wrote {}: it unlocks every key of this cluster; move it to the new node over a channel you trust, then delete it",
                 out.display()
             );
@@ -57,7 +58,7 @@ pub fn run(command: ClusterCommand) -> Result<(), Failure> {
                 .map_err(|e| Failure::Error(format!("{}: {e}", file.display())))?;
             keyward::cluster::import_secrets(&data_dir, &text)
                 .map_err(|e| Failure::Error(format!("{}: {e}", file.display())))?;
-            println!(
+            outln!(
                 "made {} with the cluster's secrets; start the node with: keyward serve --data-dir {} --replication nats --nats-servers URL,...",
                 data_dir.display(),
                 data_dir.display()

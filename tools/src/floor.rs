@@ -15,8 +15,8 @@
 //! it turns writable, and the connection is not read meanwhile). Any frame that is not a PING
 //! with an empty body closes the connection.
 
+use keyward::outln;
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::io::{AsRawFd, IntoRawFd, RawFd};
 use std::process::ExitCode;
@@ -89,8 +89,8 @@ fn serve(args: &Args) -> Result<(), String> {
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("keyward-floor: listening on {address}");
-    let _ = std::io::stdout().flush();
+    outln!("keyward-floor: listening on {address}");
+    keyward::stdout::flush();
     if args.uring {
         let never = std::sync::atomic::AtomicBool::new(false);
         let settings = keyward::dataplane::turn::TurnSettings {

@@ -2,7 +2,7 @@
 //! log the server refuses (damage followed by valid records; docs/OPERATIONS.md, "A damaged
 //! delta log").
 
-use std::io::Write;
+use keyward::outln;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -78,30 +78,28 @@ fn check(data_dir: &Path) -> Result<(), Failure> {
     let data_dir = DataDir::open_existing(data_dir)?;
     let (path, bytes) = read_log(&data_dir)?;
     let report = delta::inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = std::io::stdout().lock();
     if let Some(header) = report.header {
         if header.version >= 2 {
-            writeln!(
-                out,
+            outln!(
                 "format {}: follows the key table at sequence {}",
-                header.version, header.follows
-            )?;
+                header.version,
+                header.follows
+            );
         } else {
-            writeln!(out, "format 1: the key table it follows is not recorded")?;
+            outln!("format 1: the key table it follows is not recorded");
         }
     }
     for (offset, delta) in &report.records {
-        writeln!(out, "offset {offset}: {}", describe(delta))?;
+        outln!("offset {offset}: {}", describe(delta));
     }
     match report.damage {
         None => {
-            writeln!(
-                out,
+            outln!(
                 "{}: {} records, {} bytes, no damage",
                 path.display(),
                 report.records.len(),
                 bytes.len()
-            )?;
+            );
             Ok(())
         }
         Some((offset, reason)) => {
@@ -162,15 +160,15 @@ fn cut(data_dir: &Path, at: u64, drop_changes: bool) -> Result<(), Failure> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     file.set_len(at)?;
     file.sync_all()?;
-    println!(
+    outln!(
         "cut {} at byte offset {at}; the whole log was saved as {}",
         path.display(),
         backup.display()
     );
     if !dropped.is_empty() {
-        println!("dropped changes, to make again once the server runs:");
+        outln!("dropped changes, to make again once the server runs:");
         for (offset, delta) in dropped {
-            println!("  offset {offset}: {}", describe(delta));
+            outln!("  offset {offset}: {}", describe(delta));
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `keyward-ctl`: verify a credential against a running server, and the offline key-table tools
 //! (generate a key set, build a table from JSON lines, inspect and check a snapshot).
 
+use keyward::outln;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -488,7 +489,7 @@ mod audit;
 
 fn backup(data_dir: &Path, dest: &Path) -> Result<(), Failure> {
     let report = keyward::backup::backup(data_dir, dest).map_err(Failure::Error)?;
-    println!(
+    outln!(
         "backed up {} to {}: {} files, {} bytes; key table at sequence {} ({} records), changes through sequence {}",
         data_dir.display(),
         dest.display(),
@@ -499,12 +500,12 @@ fn backup(data_dir: &Path, dest: &Path) -> Result<(), Failure> {
         report.last_sequence
     );
     if report.cut_bytes > 0 {
-        println!(
+        outln!(
             "a change being written during the copy was left out ({} bytes; it was not yet acknowledged)",
             report.cut_bytes
         );
     }
-    println!("it holds the secrets every key depends on: keep it as safe as the server");
+    outln!("it holds the secrets every key depends on: keep it as safe as the server");
     Ok(())
 }
 mod cluster;
@@ -538,12 +539,12 @@ fn verify(args: VerifyArgs) -> Result<(), Failure> {
         if let Some(grant) = grant {
             value["key"] = grant;
         }
-        println!("{value}");
+        outln!("{value}");
     } else if let Some(grant) = &result.grant {
         let expires = grant
             .expires
             .map_or("never".to_string(), |e| e.0.to_string());
-        println!(
+        outln!(
             "valid: key {} tenant {:?} scopes [{}] expires {}",
             grant.key_id,
             grant.tenant,
@@ -551,7 +552,7 @@ fn verify(args: VerifyArgs) -> Result<(), Failure> {
             expires
         );
     } else {
-        println!("{}", result.status);
+        outln!("{}", result.status);
     }
     if result.status == Status::Valid {
         Ok(())
@@ -566,7 +567,7 @@ fn self_revoke(credential: &str, server: &Endpoint) -> Result<(), Failure> {
     client.set_timeout(Some(std::time::Duration::from_secs(30)))?;
     match client.revoke_self(credential.as_bytes())? {
         Status::Revoked => {
-            println!("revoked");
+            outln!("revoked");
             Ok(())
         }
         other => Err(Failure::No(format!(
@@ -692,12 +693,12 @@ fn generate(
     key_file.flush()?;
 
     let mix: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!(
+    outln!(
         "wrote {records} keys to {} ({bytes} bytes) and {credentials} credentials to {}",
         data_dir.snapshot_path().display(),
         out_keys.display()
     );
-    println!("expected answers: {}", mix.join(", "));
+    outln!("expected answers: {}", mix.join(", "));
     Ok(())
 }
 
@@ -838,7 +839,7 @@ fn build(
         table.push(&record)?;
     }
     let bytes = table.finish(replaced_sequence(&data_dir)?, now)?;
-    println!(
+    outln!(
         "wrote {count} keys to {} ({bytes} bytes)",
         data_dir.snapshot_path().display(),
     );
@@ -865,29 +866,32 @@ fn table_stats(file: &Path, as_json: bool) -> Result<(), Failure> {
             .map(|(name, bytes)| (name.to_string(), json!(bytes)))
             .collect::<serde_json::Map<_, _>>()
             .into();
-        println!("{value}");
+        outln!("{value}");
         return Ok(());
     }
     let per_key = |bytes: u64| bytes as f64 / stats.records.max(1) as f64;
-    println!(
+    outln!(
         "{}: {} records, {} bytes, {:.1} bytes per key",
         snapshot.path().display(),
         stats.records,
         stats.file_bytes,
         per_key(stats.file_bytes)
     );
-    println!(
+    outln!(
         "{:<18} {:>14} {:>10} {:>7}",
-        "section", "bytes", "per key", "share"
+        "section",
+        "bytes",
+        "per key",
+        "share"
     );
     for (name, bytes) in &stats.sections {
-        println!(
+        outln!(
             "{name:<18} {bytes:>14} {:>10.1} {:>6.1}%",
             per_key(*bytes),
             100.0 * *bytes as f64 / stats.file_bytes.max(1) as f64
         );
     }
-    println!(
+    outln!(
         "id index: load factor {:.3}, mean probe {:.3} buckets (cache lines); fingerprint index: load factor {:.3}",
         stats.id_load_factor, stats.probe_length_mean, stats.fingerprint_load_factor
     );
@@ -901,11 +905,11 @@ fn table_stats(file: &Path, as_json: bool) -> Result<(), Failure> {
             format!("{}{}: {count}", index + 1, if last { "+" } else { "" })
         })
         .collect();
-    println!(
+    outln!(
         "probe lengths (buckets read: keys): {}",
         histogram.join(", ")
     );
-    println!(
+    outln!(
         "interned: {} tenants, {} scopes, {} scope sets ({} answered by their bitmap alone), {} allowlists, {} policies",
         stats.tenants,
         stats.scopes,
@@ -967,30 +971,30 @@ fn inspect(file: &Path, limit: usize, as_json: bool) -> Result<(), Failure> {
             "counts": counts,
             "first_records": records,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("snapshot       {}", snapshot.path().display());
-    println!("format         version {}", snapshot::FORMAT_VERSION);
-    println!("sequence       {}", header.sequence);
-    println!("records        {}", header.record_count);
-    println!(
+    outln!("snapshot       {}", snapshot.path().display());
+    outln!("format         version {}", snapshot::FORMAT_VERSION);
+    outln!("sequence       {}", header.sequence);
+    outln!("records        {}", header.record_count);
+    outln!(
         "size           {} bytes (header {} + body {})",
         header.body_bytes + snapshot::HEADER_BYTES as u64,
         snapshot::HEADER_BYTES,
         header.body_bytes
     );
-    println!("created        {} (unix seconds)", header.created.0);
-    println!(
+    outln!("created        {} (unix seconds)", header.created.0);
+    outln!(
         "dictionaries   {} tenants, {} scopes",
         body.tenants.len(),
         body.scopes.len()
     );
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("counts         {}", summary.join(", "));
+    outln!("counts         {}", summary.join(", "));
     for record in listed {
         let expires = record.expires.map_or("never".into(), |e| e.0.to_string());
-        println!(
+        outln!(
             "  key {:>8}  {:<8} {:<7} tenant {:?} scopes [{}] expires {} {:?}",
             record.id.0,
             format!("{:?}", record.kind).to_lowercase(),
@@ -1014,7 +1018,7 @@ fn upgrade(file: &Path) -> Result<(), Failure> {
     let path = snapshot_path(file);
     match Snapshot::open(&path) {
         Ok(current) => {
-            println!(
+            outln!(
                 "{}: already format version {}; nothing to do",
                 path.display(),
                 snapshot::FORMAT_VERSION
@@ -1037,7 +1041,7 @@ fn upgrade(file: &Path) -> Result<(), Failure> {
     drop(old);
     // The new file is checked as the server will check it before it is called done.
     Snapshot::open(&path).map_err(|e| Failure::No(e.to_string()))?;
-    println!(
+    outln!(
         "{}: upgraded {count} keys from format version {} to {} ({before} bytes before, {bytes} after)",
         path.display(),
         snapshot::v1::FORMAT_VERSION,
@@ -1052,7 +1056,7 @@ fn check(file: &Path) -> Result<(), Failure> {
     snapshot
         .check_lookups()
         .map_err(|e| Failure::No(format!("{}: {e}", path.display())))?;
-    println!(
+    outln!(
         "ok: {} records, sequence {}, {} body bytes, checksums and invariants hold, every key is found",
         snapshot.header().record_count,
         snapshot.header().sequence,

@@ -2,6 +2,7 @@
 //! `redis-cli --stat`: verifies per second by status, open connections, p99 service time,
 //! sequences. `--json` prints one object per interval instead.
 
+use keyward::outln;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -113,7 +114,7 @@ pub fn run(args: StatArgs) -> Result<(), Failure> {
     let mut before = fetch(args.metrics)?;
     let mut taken = Instant::now();
     if !args.json {
-        println!(
+        outln!(
             "{:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>10} {:>10}",
             "verify/s",
             "valid/s",
@@ -151,7 +152,7 @@ pub fn run(args: StatArgs) -> Result<(), Failure> {
             + rate("too_wide");
         let p99 = p99(&before.service_buckets, &after.service_buckets);
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "verifies_per_second": all.max(0.0) / seconds,
@@ -173,7 +174,7 @@ pub fn run(args: StatArgs) -> Result<(), Failure> {
                     format!("≤{:.1}ms", s * 1e3)
                 }
             });
-            println!(
+            outln!(
                 "{:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>6.0} {:>10} {:>10.0}",
                 all.max(0.0) / seconds,
                 per_status["valid"],

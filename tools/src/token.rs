@@ -1,6 +1,7 @@
 //! `keyward-ctl token`: mint derived tokens (self-service with the parent key, or as an admin),
 //! narrow them offline, and look inside them.
 
+use keyward::outln;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -161,9 +162,9 @@ fn derive(args: DeriveArgs) -> Result<(), Failure> {
         }
     };
     if args.admin.json {
-        println!("{}", json!({ "token": token, "expires": expires }));
+        outln!("{}", json!({ "token": token, "expires": expires }));
     } else {
-        println!("{token}");
+        outln!("{token}");
         eprintln!("expires {expires} (unix seconds)");
     }
     Ok(())
@@ -220,7 +221,7 @@ fn attenuate(args: AttenuateArgs) -> Result<(), Failure> {
             "the token would be longer than 2048 characters".into(),
         ));
     }
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
@@ -239,16 +240,16 @@ fn inspect(text: &str, prefix: &str, as_json: bool) -> Result<(), Failure> {
     let token = parse(text, prefix)?;
     let caveats: Vec<Value> = token.caveats.iter().map(caveat_json).collect();
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({ "parent": token.parent.0, "caveats": caveats })
         );
     } else {
-        println!("parent key {}", token.parent);
+        outln!("parent key {}", token.parent);
         for caveat in caveats {
-            println!("  {caveat}");
+            outln!("  {caveat}");
         }
-        println!("(offline view: the server checks the signature and the parent when verifying)");
+        outln!("(offline view: the server checks the signature and the parent when verifying)");
     }
     Ok(())
 }

@@ -693,3 +693,31 @@ fn the_man_pages_and_completions_are_the_clis() {
         panic!("{drift}: run tools/package/generate-assets.sh");
     }
 }
+
+#[test]
+fn output_to_a_reader_that_has_gone_ends_quietly_after_the_work_is_done() {
+    //! `keyward-ctl … | head` panicked: println! on a closed pipe.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let keys = dir.path().join("keys.txt");
+    let output = Command::new(env!("CARGO_BIN_EXE_keyward-ctl"))
+        .args(["keys", "generate", "--count", "50", "--data-dir"])
+        .arg(&data)
+        .arg("--out-keys")
+        .arg(&keys)
+        .stdout(common::closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(keyward::stdout::EXIT_READER_GONE),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The keys were minted before the summary line found no reader.
+    let written = std::fs::read_to_string(&keys).unwrap();
+    let credentials = written.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(credentials, 50, "{written}");
+}

@@ -138,3 +138,17 @@ pub fn serve_expecting_refusal(data_dir: &Path) -> String {
     assert_eq!(status.code(), Some(1), "{stderr}");
     stderr
 }
+
+/// The write end of a pipe whose reader has already gone, as under `| head` once head has read
+/// enough. (`std::io::pipe` would do, but it is newer than the supported Rust.)
+pub fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills both descriptors; each is then owned exactly once.
+    assert_eq!(
+        unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
+    drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(ends[0]) });
+    std::process::Stdio::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ends[1]) })
+}
