@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub shards: usize,
     /// CPUs to pin shards to, in order; empty means the CPUs this process may run on.
     pub cpus: Vec<usize>,
+    /// CPUs for every thread that is not a shard: the control plane, compaction, the metrics
+    /// listener, the usage writer, the NATS client. Empty: the CPUs this process may run on
+    /// that no shard uses, or, where the shards use them all, anywhere among them.
+    pub control_cpus: Vec<usize>,
     /// Open verify connections one shard accepts; past it new ones get a `busy` error.
     pub connections_per_shard_max: usize,
     /// Largest frame body accepted, in bytes.
@@ -107,6 +111,8 @@ pub const SHARDS_MAX: usize = 1024;
 pub const CONNECTIONS_PER_SHARD_LIMIT: usize = 1 << 20;
 pub const BUSY_POLL_US_MAX: u64 = 1_000_000;
 pub const IO_MEMORY_BYTES_MIN: usize = 64 * 1024;
+/// CPU numbers must be below this (the size of the kernel interface's CPU set, CPU_SETSIZE).
+pub const CPU_ID_LIMIT: usize = 1024;
 
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
@@ -128,6 +134,7 @@ impl Default for ServerConfig {
             max_staleness_ms: 0,
             shards: 0,
             cpus: Vec::new(),
+            control_cpus: Vec::new(),
             connections_per_shard_max: 4096,
             frame_body_bytes_max: protocol::BODY_BYTES_DEFAULT,
             idle_timeout_ms: 300_000,
@@ -234,6 +241,9 @@ impl ServerConfig {
             Ok(())
         }
         range("shards", self.shards, 0, SHARDS_MAX)?;
+        for cpu in self.cpus.iter().chain(&self.control_cpus) {
+            range("cpus and control_cpus", *cpu, 0, CPU_ID_LIMIT - 1)?;
+        }
         self.validate_replication()?;
         range("verify_at_wait_ms", self.verify_at_wait_ms, 0, 1000)?;
         // The stream is asked twice a second: a bound under 2 s would flap on a healthy one.

@@ -117,6 +117,10 @@ struct ServeArgs {
     /// CPUs to pin shards to, comma-separated, e.g. 0,2 [default: those this process may use]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     cpus: Option<Vec<usize>>,
+    /// CPUs for the control plane and every other thread that is not a shard, comma-separated
+    /// [default: those this process may use that no shard uses]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    control_cpus: Option<Vec<usize>>,
     /// Open connections per shard before new ones are refused [default: 4096]
     #[arg(long, value_name = "N")]
     connections_per_shard_max: Option<usize>,
@@ -207,6 +211,7 @@ impl ServeArgs {
             max_staleness_ms,
             shards,
             cpus,
+            control_cpus,
             connections_per_shard_max,
             frame_body_bytes_max,
             idle_timeout_ms,
@@ -338,6 +343,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             ready.cpus.len(),
             ready.cpus
         );
+        if ready.control_cpus.is_empty() {
+            say!("control plane unpinned (the shards use every CPU this process may run on)");
+        } else {
+            say!("control plane on CPU(s) {:?}", ready.control_cpus);
+        }
         say!(
                 "control port listening on {} (admin token in {})",
             ready.control_address,

@@ -76,6 +76,8 @@ pub struct Ready {
     pub replayed_deltas: usize,
     pub sequence: u64,
     pub cpus: Vec<usize>,
+    /// Where every thread that is not a shard runs; empty: unpinned.
+    pub control_cpus: Vec<usize>,
     pub records: u64,
     pub snapshot_sequence: u64,
     pub data_dir_created: bool,
@@ -159,6 +161,16 @@ pub fn run(
         snapshot.header().record_count,
         snapshot.header().sequence,
     ));
+    // Every thread started from here on inherits this thread's CPUs; each shard then pins
+    // itself to its own.
+    let control_cpus = choose_control_cpus(&config, &cpus);
+    if !control_cpus.is_empty() {
+        if let Err(error) = pin_current_thread(&control_cpus) {
+            crate::log_warn!(
+                "cannot keep the control plane on CPU(s) {control_cpus:?} ({error}); it runs unpinned"
+            );
+        }
+    }
     let metrics =
         match config.metrics_address().map_err(ServerError::Config)? {
             Some(address) => {
@@ -293,6 +305,7 @@ pub fn run(
         replayed_deltas: replayed.len(),
         sequence,
         cpus: cpus.clone(),
+        control_cpus: control_cpus.clone(),
         records: snapshot.header().record_count,
         snapshot_sequence: snapshot.header().sequence,
         data_dir_created: data_dir.was_created(),
@@ -352,6 +365,39 @@ pub fn choose_cpus(config: &ServerConfig) -> Vec<usize> {
     (0..shards)
         .map(|i| available[i % available.len()])
         .collect()
+}
+
+/// The CPUs for every thread that is not a shard: the configured list, else the CPUs this
+/// process may run on that no shard uses. Empty (the shards use them all): leave them unpinned.
+pub fn choose_control_cpus(config: &ServerConfig, shard_cpus: &[usize]) -> Vec<usize> {
+    if !config.control_cpus.is_empty() {
+        return config.control_cpus.clone();
+    }
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|id| id.id)
+        .filter(|cpu| !shard_cpus.contains(cpu))
+        .collect()
+}
+
+/// Restricts the calling thread (and the threads it starts later) to `cpus`.
+fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array, for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        assert!(cpu < crate::config::CPU_ID_LIMIT, "validated by the config");
+        // SAFETY: cpu is below the set's size (CPU_SETSIZE), checked just above.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; the set is initialised and its size is passed.
+    let result =
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// One listening socket per shard on the same TCP port (SO_REUSEPORT: the kernel spreads new

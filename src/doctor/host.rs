@@ -291,6 +291,63 @@ pub fn shard_cpus(config: &ServerConfig, cpus: &[usize]) -> Check {
     }
 }
 
+/// Where the threads that are not shards run (`control_cpus`), against the shards' CPUs.
+pub fn control_cpus(config: &ServerConfig, cpus: &[usize]) -> Check {
+    const NAME: &str = "control cpus";
+    const REMEDY: &str = "set `control_cpus` to CPUs this process may use that no shard uses";
+    let control = crate::server::choose_control_cpus(config, cpus);
+    if control.is_empty() {
+        return Check::pass(
+            NAME,
+            "unpinned: the shards use every CPU this process may run on, and the control plane \
+             shares them",
+        );
+    }
+    let online = cpu_list_file("/sys/devices/system/cpu/online");
+    let allowed = allowed_cpus();
+    let (usable, missing): (Vec<usize>, Vec<usize>) = control
+        .iter()
+        .partition(|c| allowed.contains(c) && (online.is_empty() || online.contains(c)));
+    let shared: BTreeSet<usize> = usable
+        .iter()
+        .filter(|c| cpus.contains(c))
+        .copied()
+        .collect();
+    let found = format!(
+        "the control plane on CPU(s) {}",
+        show(control.iter().copied())
+    );
+    if usable.is_empty() {
+        Check::warn(
+            NAME,
+            format!("{found}: all offline or not allowed to this process, so it runs unpinned"),
+            REMEDY,
+        )
+    } else if !missing.is_empty() {
+        Check::warn(
+            NAME,
+            format!(
+                "{found}: CPU(s) {} are offline or not allowed, so it runs on {}",
+                show(missing),
+                show(usable)
+            ),
+            REMEDY,
+        )
+    } else if !shared.is_empty() {
+        Check::warn(
+            NAME,
+            format!(
+                "{found}, shared with shards on CPU(s) {}: changes and compactions take time \
+                 from verification there",
+                show(shared)
+            ),
+            REMEDY,
+        )
+    } else {
+        Check::pass(NAME, format!("{found}, which no shard uses"))
+    }
+}
+
 pub fn isolation(cpus: &[usize]) -> Check {
     const NAME: &str = "cpu isolation";
     let isolated = cpu_list_file("/sys/devices/system/cpu/isolated");

@@ -99,6 +99,7 @@ pub fn run(config: &ServerConfig) -> Vec<Check> {
     checks.push(host::data_directory(config));
     let cpus = crate::server::choose_cpus(config);
     checks.push(host::shard_cpus(config, &cpus));
+    checks.push(host::control_cpus(config, &cpus));
     checks.push(host::isolation(&cpus));
     checks.push(host::smt(&cpus));
     checks.push(host::numa(config, &cpus));

@@ -105,7 +105,7 @@ _keyward() {
             return 0
             ;;
         keyward__subcmd__config__subcmd__check)
-            opts="-h --config --data-dir --listen --control --metrics-listen --audit-rotate-bytes --log-format --log-level --replication --nats-servers --nats-stream --nats-credentials --nats-replicas --node-name --verify-at-wait-ms --max-staleness-ms --shards --cpus --connections-per-shard-max --frame-body-bytes-max --idle-timeout-ms --frame-timeout-ms --control-idle-timeout-ms --frame-buffer-bytes-per-shard-max --bind-retry-ms --busy-poll-us --receive-buffers --receive-buffer-bytes --unsent-bytes-per-connection-max --listen-backlog --io-memory-bytes --compact-changes-max --compact-log-bytes-max --token-prefix --token-ttl-max-seconds --prefix --public-prefix --help"
+            opts="-h --config --data-dir --listen --control --metrics-listen --audit-rotate-bytes --log-format --log-level --replication --nats-servers --nats-stream --nats-credentials --nats-replicas --node-name --verify-at-wait-ms --max-staleness-ms --shards --cpus --control-cpus --connections-per-shard-max --frame-body-bytes-max --idle-timeout-ms --frame-timeout-ms --control-idle-timeout-ms --frame-buffer-bytes-per-shard-max --bind-retry-ms --busy-poll-us --receive-buffers --receive-buffer-bytes --unsent-bytes-per-connection-max --listen-backlog --io-memory-bytes --compact-changes-max --compact-log-bytes-max --token-prefix --token-ttl-max-seconds --prefix --public-prefix --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -180,6 +180,10 @@ _keyward() {
                     return 0
                     ;;
                 --cpus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-cpus)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -323,7 +327,7 @@ _keyward() {
             return 0
             ;;
         keyward__subcmd__config__subcmd__print)
-            opts="-h --config --data-dir --listen --control --metrics-listen --audit-rotate-bytes --log-format --log-level --replication --nats-servers --nats-stream --nats-credentials --nats-replicas --node-name --verify-at-wait-ms --max-staleness-ms --shards --cpus --connections-per-shard-max --frame-body-bytes-max --idle-timeout-ms --frame-timeout-ms --control-idle-timeout-ms --frame-buffer-bytes-per-shard-max --bind-retry-ms --busy-poll-us --receive-buffers --receive-buffer-bytes --unsent-bytes-per-connection-max --listen-backlog --io-memory-bytes --compact-changes-max --compact-log-bytes-max --token-prefix --token-ttl-max-seconds --prefix --public-prefix --help"
+            opts="-h --config --data-dir --listen --control --metrics-listen --audit-rotate-bytes --log-format --log-level --replication --nats-servers --nats-stream --nats-credentials --nats-replicas --node-name --verify-at-wait-ms --max-staleness-ms --shards --cpus --control-cpus --connections-per-shard-max --frame-body-bytes-max --idle-timeout-ms --frame-timeout-ms --control-idle-timeout-ms --frame-buffer-bytes-per-shard-max --bind-retry-ms --busy-poll-us --receive-buffers --receive-buffer-bytes --unsent-bytes-per-connection-max --listen-backlog --io-memory-bytes --compact-changes-max --compact-log-bytes-max --token-prefix --token-ttl-max-seconds --prefix --public-prefix --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -398,6 +402,10 @@ _keyward() {
                     return 0
                     ;;
                 --cpus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-cpus)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -485,7 +493,7 @@ _keyward() {
             return 0
             ;;
         keyward__subcmd__doctor)
-            opts="-h --json --config --data-dir --listen --control --metrics-listen --audit-rotate-bytes --log-format --log-level --replication --nats-servers --nats-stream --nats-credentials --nats-replicas --node-name --verify-at-wait-ms --max-staleness-ms --shards --cpus --connections-per-shard-max --frame-body-bytes-max --idle-timeout-ms --frame-timeout-ms --control-idle-timeout-ms --frame-buffer-bytes-per-shard-max --bind-retry-ms --busy-poll-us --receive-buffers --receive-buffer-bytes --unsent-bytes-per-connection-max --listen-backlog --io-memory-bytes --compact-changes-max --compact-log-bytes-max --token-prefix --token-ttl-max-seconds --prefix --public-prefix --help"
+            opts="-h --json --config --data-dir --listen --control --metrics-listen --audit-rotate-bytes --log-format --log-level --replication --nats-servers --nats-stream --nats-credentials --nats-replicas --node-name --verify-at-wait-ms --max-staleness-ms --shards --cpus --control-cpus --connections-per-shard-max --frame-body-bytes-max --idle-timeout-ms --frame-timeout-ms --control-idle-timeout-ms --frame-buffer-bytes-per-shard-max --bind-retry-ms --busy-poll-us --receive-buffers --receive-buffer-bytes --unsent-bytes-per-connection-max --listen-backlog --io-memory-bytes --compact-changes-max --compact-log-bytes-max --token-prefix --token-ttl-max-seconds --prefix --public-prefix --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -560,6 +568,10 @@ _keyward() {
                     return 0
                     ;;
                 --cpus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-cpus)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -773,7 +785,7 @@ _keyward() {
             return 0
             ;;
         keyward__subcmd__serve)
-            opts="-h --config --data-dir --listen --control --metrics-listen --audit-rotate-bytes --log-format --log-level --replication --nats-servers --nats-stream --nats-credentials --nats-replicas --node-name --verify-at-wait-ms --max-staleness-ms --shards --cpus --connections-per-shard-max --frame-body-bytes-max --idle-timeout-ms --frame-timeout-ms --control-idle-timeout-ms --frame-buffer-bytes-per-shard-max --bind-retry-ms --busy-poll-us --receive-buffers --receive-buffer-bytes --unsent-bytes-per-connection-max --listen-backlog --io-memory-bytes --compact-changes-max --compact-log-bytes-max --token-prefix --token-ttl-max-seconds --prefix --public-prefix --help"
+            opts="-h --config --data-dir --listen --control --metrics-listen --audit-rotate-bytes --log-format --log-level --replication --nats-servers --nats-stream --nats-credentials --nats-replicas --node-name --verify-at-wait-ms --max-staleness-ms --shards --cpus --control-cpus --connections-per-shard-max --frame-body-bytes-max --idle-timeout-ms --frame-timeout-ms --control-idle-timeout-ms --frame-buffer-bytes-per-shard-max --bind-retry-ms --busy-poll-us --receive-buffers --receive-buffer-bytes --unsent-bytes-per-connection-max --listen-backlog --io-memory-bytes --compact-changes-max --compact-log-bytes-max --token-prefix --token-ttl-max-seconds --prefix --public-prefix --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -848,6 +860,10 @@ _keyward() {
                     return 0
                     ;;
                 --cpus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-cpus)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

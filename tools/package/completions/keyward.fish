@@ -54,6 +54,7 @@ complete -c keyward -n "__fish_keyward_using_subcommand serve" -l verify-at-wait
 complete -c keyward -n "__fish_keyward_using_subcommand serve" -l max-staleness-ms -d 'Replicated mode: once the change stream has been silent this long, answer stale instead of valid until it answers again; 0 keeps answering [default: 0]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand serve" -l shards -d 'Number of shards (one pinned thread each) [default: one per available CPU]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand serve" -l cpus -d 'CPUs to pin shards to, comma-separated, e.g. 0,2 [default: those this process may use]' -r
+complete -c keyward -n "__fish_keyward_using_subcommand serve" -l control-cpus -d 'CPUs for the control plane and every other thread that is not a shard, comma-separated [default: those this process may use that no shard uses]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand serve" -l connections-per-shard-max -d 'Open connections per shard before new ones are refused [default: 4096]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand serve" -l frame-body-bytes-max -d 'Largest frame body accepted, in bytes [default: 65536]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand serve" -l idle-timeout-ms -d 'Close connections idle this long, in milliseconds [default: 300000]' -r
@@ -97,6 +98,7 @@ complete -c keyward -n "__fish_keyward_using_subcommand doctor" -l verify-at-wai
 complete -c keyward -n "__fish_keyward_using_subcommand doctor" -l max-staleness-ms -d 'Replicated mode: once the change stream has been silent this long, answer stale instead of valid until it answers again; 0 keeps answering [default: 0]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand doctor" -l shards -d 'Number of shards (one pinned thread each) [default: one per available CPU]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand doctor" -l cpus -d 'CPUs to pin shards to, comma-separated, e.g. 0,2 [default: those this process may use]' -r
+complete -c keyward -n "__fish_keyward_using_subcommand doctor" -l control-cpus -d 'CPUs for the control plane and every other thread that is not a shard, comma-separated [default: those this process may use that no shard uses]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand doctor" -l connections-per-shard-max -d 'Open connections per shard before new ones are refused [default: 4096]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand doctor" -l frame-body-bytes-max -d 'Largest frame body accepted, in bytes [default: 65536]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand doctor" -l idle-timeout-ms -d 'Close connections idle this long, in milliseconds [default: 300000]' -r
@@ -145,6 +147,7 @@ complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from check" -l max-staleness-ms -d 'Replicated mode: once the change stream has been silent this long, answer stale instead of valid until it answers again; 0 keeps answering [default: 0]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from check" -l shards -d 'Number of shards (one pinned thread each) [default: one per available CPU]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from check" -l cpus -d 'CPUs to pin shards to, comma-separated, e.g. 0,2 [default: those this process may use]' -r
+complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from check" -l control-cpus -d 'CPUs for the control plane and every other thread that is not a shard, comma-separated [default: those this process may use that no shard uses]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from check" -l connections-per-shard-max -d 'Open connections per shard before new ones are refused [default: 4096]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from check" -l frame-body-bytes-max -d 'Largest frame body accepted, in bytes [default: 65536]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from check" -l idle-timeout-ms -d 'Close connections idle this long, in milliseconds [default: 300000]' -r
@@ -188,6 +191,7 @@ complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from print" -l max-staleness-ms -d 'Replicated mode: once the change stream has been silent this long, answer stale instead of valid until it answers again; 0 keeps answering [default: 0]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from print" -l shards -d 'Number of shards (one pinned thread each) [default: one per available CPU]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from print" -l cpus -d 'CPUs to pin shards to, comma-separated, e.g. 0,2 [default: those this process may use]' -r
+complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from print" -l control-cpus -d 'CPUs for the control plane and every other thread that is not a shard, comma-separated [default: those this process may use that no shard uses]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from print" -l connections-per-shard-max -d 'Open connections per shard before new ones are refused [default: 4096]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from print" -l frame-body-bytes-max -d 'Largest frame body accepted, in bytes [default: 65536]' -r
 complete -c keyward -n "__fish_keyward_using_subcommand config; and __fish_seen_subcommand_from print" -l idle-timeout-ms -d 'Close connections idle this long, in milliseconds [default: 300000]' -r
