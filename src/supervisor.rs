@@ -1,14 +1,15 @@
 //! Talking to a service manager (systemd's `Type=notify`, sd_notify(3)): `STATUS=` lines while
 //! starting, `READY=1` once every shard's loop and the control plane's run, `WATCHDOG=1` pings
-//! while every shard keeps ticking, `STOPPING=1` on the way out. Without `NOTIFY_SOCKET` in the
+//! while every shard and the control plane keep ticking, `STOPPING=1` on the way out. Without `NOTIFY_SOCKET` in the
 //! environment every call here does nothing.
 //!
-//! The watchdog: a shard's loop ticks at least every 50 ms, busy or idle (`ShardMetrics::ticks`).
-//! Every half of `WATCHDOG_USEC` the notifier thread compares each shard's count with the last
-//! one it saw; only when every shard moved does it ping. A shard stuck in a computation, a
-//! dead-locked or stopped thread, stops the pings, and systemd kills and restarts the server
-//! after `WatchdogSec` (docs/DEPLOY.md). `WatchdogSec` must be at least 1 s: a shorter half-period
-//! could fall between two ticks of a healthy shard.
+//! The watchdog: a shard's loop ticks at least every 50 ms, busy or idle (`ShardMetrics::ticks`),
+//! and so does a heartbeat task of the control plane (`Board::control_ticks`). Every half of
+//! `WATCHDOG_USEC` the notifier thread compares each count with the last one it saw; only when
+//! every shard and the control plane moved does it ping. A shard or the control plane stuck in a
+//! computation, a dead-locked or stopped thread, stops the pings, and systemd kills and restarts
+//! the server after `WatchdogSec` (docs/DEPLOY.md). `WatchdogSec` must be at least 1 s: a shorter
+//! half-period could fall between two ticks of a healthy loop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ const STATUS_PERIOD: Duration = Duration::from_secs(1);
 
 /// Starts the notifier thread: it sends `READY=1` with `serving` as the status once every shard
 /// and the control plane run, then keeps the status line true to `/readyz` and pings the
-/// watchdog while every shard ticks, until `shutdown`. `None` without a service manager.
+/// watchdog while every shard and the control plane tick, until `shutdown`. `None` without a service manager.
 pub fn spawn(
     board: Arc<Board>,
     shutdown: Shutdown,
@@ -74,6 +75,7 @@ fn notify_loop(board: &Board, shutdown: &Shutdown, serving: &str, watchdog: Opti
         (usec / 2).max(Duration::from_millis(1))
     });
     let mut ticks = board.shard_ticks();
+    let mut control_ticks = board.control_ticks();
     let mut stalled_since: Option<Instant> = None;
     let mut next = Instant::now() + period;
     while !shutdown.is_triggered() {
@@ -84,9 +86,13 @@ fn notify_loop(board: &Board, shutdown: &Shutdown, serving: &str, watchdog: Opti
         }
         next += period;
         let current = board.shard_ticks();
-        let stuck: Vec<usize> = stalled(&ticks, &current);
+        let stuck = Stuck {
+            shards: stalled(&ticks, &current),
+            control: board.control_ticks() <= control_ticks,
+        };
         ticks = current;
-        let line = if stuck.is_empty() {
+        control_ticks = board.control_ticks();
+        let line = if stuck.is_none() {
             stalled_since = None;
             if watchdog.is_some() {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
@@ -99,7 +105,8 @@ fn notify_loop(board: &Board, shutdown: &Shutdown, serving: &str, watchdog: Opti
             let since = *stalled_since.get_or_insert(now);
             if since == now {
                 crate::log_error!(
-                    "shard(s) {stuck:?} stopped ticking: their loop is stuck{}",
+                    "{} stopped ticking: its loop is stuck or stopped{}",
+                    stuck.names(),
                     if watchdog.is_some() {
                         "; watchdog pings withheld, so the service manager restarts keyward"
                     } else {
@@ -107,7 +114,7 @@ fn notify_loop(board: &Board, shutdown: &Shutdown, serving: &str, watchdog: Opti
                     }
                 );
             }
-            format!("stalled: shard(s) {stuck:?} stopped ticking")
+            format!("stalled: {} stopped ticking", stuck.names())
         };
         if line != last_status {
             status(&line);
@@ -115,6 +122,30 @@ fn notify_loop(board: &Board, shutdown: &Shutdown, serving: &str, watchdog: Opti
         }
     }
     stopping("stopping: closing connections, stopping the shards");
+}
+
+/// What did not tick between two looks.
+struct Stuck {
+    shards: Vec<usize>,
+    control: bool,
+}
+
+impl Stuck {
+    fn is_none(&self) -> bool {
+        self.shards.is_empty() && !self.control
+    }
+
+    /// `shard(s) [1, 3]`, `the control plane`, or both joined by "and".
+    fn names(&self) -> String {
+        let mut names = Vec::new();
+        if !self.shards.is_empty() {
+            names.push(format!("shard(s) {:?}", self.shards));
+        }
+        if self.control {
+            names.push("the control plane".to_string());
+        }
+        names.join(" and ")
+    }
 }
 
 /// The shards whose tick count did not move between two looks.
@@ -131,6 +162,21 @@ fn stalled(before: &[u64], after: &[u64]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_stuck_is_named() {
+        let both = Stuck {
+            shards: vec![1],
+            control: true,
+        };
+        assert_eq!(both.names(), "shard(s) [1] and the control plane");
+        assert!(!both.is_none());
+        let none = Stuck {
+            shards: vec![],
+            control: false,
+        };
+        assert!(none.is_none());
+    }
 
     #[test]
     fn a_shard_whose_ticks_did_not_move_is_stalled() {

@@ -351,20 +351,81 @@ fn pings(got: &[(Instant, Vec<String>)]) -> Vec<Instant> {
         .collect()
 }
 
-/// Thread ids of the server's threads named `name`.
+/// The id of the server's first thread named `name` (threads a thread starts take its name, so
+/// the one that started the others has the lowest id).
 fn thread_id(pid: u32, name: &str) -> i32 {
+    let mut ids = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let entry = entry.unwrap();
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.trim() == name {
-            return entry.file_name().to_str().unwrap().parse().unwrap();
+            ids.push(entry.file_name().to_str().unwrap().parse().unwrap());
         }
     }
-    panic!("no thread {name} in process {pid}");
+    ids.into_iter()
+        .min()
+        .unwrap_or_else(|| panic!("no thread {name} in process {pid}"))
+}
+
+/// Stops one thread of `child` alone with ptrace (the rest run on) until [`resume_thread`].
+fn stop_thread(child: &mut std::process::Child, thread: i32) {
+    // SAFETY: ptrace on a thread of our own child, waited for and detached by resume_thread.
+    let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, thread, 0, 0) };
+    if seized != 0 {
+        let error = std::io::Error::last_os_error();
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("cannot stop a thread with ptrace ({error}): run the tests as root or allow ptrace");
+    }
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, thread, 0, 0), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(thread, &mut status, libc::__WALL), thread);
+    }
+}
+
+fn resume_thread(thread: i32) {
+    // SAFETY: detaching a thread stop_thread seized lets it run again.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, thread, 0, 0) };
+}
+
+/// Stops `thread` for 2.5 s: the pings stop and the status names `stalled`; resumed, the pings
+/// come back.
+fn watchdog_stops_while_stopped(
+    child: &mut std::process::Child,
+    notify: &Notifications,
+    thread: i32,
+    stalled: &str,
+) {
+    stop_thread(child, thread);
+    let got = notify.until(Instant::now() + Duration::from_millis(2500));
+    let stalled_at = Instant::now();
+    // One ping may have been decided before the stop; none after the next look.
+    let during = pings(&got);
+    assert!(
+        during.len() <= 1,
+        "{} pings while {stalled} was stopped",
+        during.len()
+    );
+    let expected = format!("STATUS=stalled: {stalled} stopped ticking");
+    assert!(
+        got.iter()
+            .flat_map(|(_, lines)| lines)
+            .any(|l| l == &expected),
+        "{expected} not in {got:?}"
+    );
+    resume_thread(thread);
+    let got = notify.until(stalled_at + Duration::from_millis(2500));
+    assert!(
+        pings(&got).len() >= 2,
+        "pings resume once {stalled} runs: {got:?}"
+    );
 }
 
 #[test]
-fn ready_comes_once_the_verify_port_answers_and_the_watchdog_stops_when_a_shard_stalls() {
+fn ready_comes_once_the_verify_port_answers_and_the_watchdog_stops_when_a_shard_or_the_control_plane_stalls(
+) {
     let directory = tempfile::tempdir().unwrap();
     let notify = Notifications::bind(directory.path());
     let verify: SocketAddr = format!("127.0.0.1:{}", common::free_port())
@@ -430,45 +491,12 @@ fn ready_comes_once_the_verify_port_answers_and_the_watchdog_stops_when_a_shard_
         );
     }
 
-    // Stop one shard's thread alone (ptrace stops a single thread; the rest run on): the pings
-    // stop and the status says which shard.
+    // Stop one shard's thread alone, then the control plane's: each time the pings stop and
+    // the status says what stopped.
     let shard = thread_id(pid, "keyward-shard-1");
-    // SAFETY: ptrace on a thread of our own child, waited for and detached below.
-    let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, shard, 0, 0) };
-    if seized != 0 {
-        let error = std::io::Error::last_os_error();
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("cannot stop a shard thread with ptrace ({error}): run the tests as root or allow ptrace");
-    }
-    // SAFETY: as above.
-    unsafe {
-        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, shard, 0, 0), 0);
-        let mut status = 0;
-        assert_eq!(libc::waitpid(shard, &mut status, libc::__WALL), shard);
-    }
-    let got = notify.until(Instant::now() + Duration::from_millis(2500));
-    let stalled_at = Instant::now();
-    // One ping may have been decided before the stop; none after the next look.
-    let during = pings(&got);
-    assert!(
-        during.len() <= 1,
-        "{} pings while a shard was stopped",
-        during.len()
-    );
-    assert!(
-        got.iter()
-            .flat_map(|(_, lines)| lines)
-            .any(|l| l.starts_with("STATUS=stalled: shard(s) [1]")),
-        "{got:?}"
-    );
-    // SAFETY: detaching the thread we seized lets it run again.
-    unsafe { libc::ptrace(libc::PTRACE_DETACH, shard, 0, 0) };
-    let got = notify.until(stalled_at + Duration::from_millis(2500));
-    assert!(
-        pings(&got).len() >= 2,
-        "pings resume once the shard runs: {got:?}"
-    );
+    watchdog_stops_while_stopped(&mut child, &notify, shard, "shard(s) [1]");
+    let control = thread_id(pid, "keyward-control");
+    watchdog_stops_while_stopped(&mut child, &notify, control, "the control plane");
 
     // SIGTERM: STOPPING=1, and a clean exit.
     // SAFETY: kill(2) on our own child.

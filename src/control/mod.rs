@@ -384,11 +384,22 @@ pub async fn serve(settings: ControlSettings, start: ControlStart, shutdown: Shu
     commit::audit_later(&control, start_entry(assigned, replayed.len()));
     glommio::spawn_local(commit::committer(control.clone(), wakeups, ends, receivers)).detach();
     glommio::spawn_local(usage::every_interval(control.clone())).detach();
+    glommio::spawn_local(heartbeat(control.board.clone())).detach();
     if let Some(incoming) = incoming {
         glommio::spawn_local(replicated::follow(control.clone(), incoming)).detach();
     }
     let running = port::accept_loop(&listener, &control);
     futures_lite::future::or(running, shutdown.triggered(SHUTDOWN_POLL)).await;
+}
+
+/// Ticks the board every [`crate::metrics::CONTROL_TICK`] for as long as the control plane's
+/// executor runs its tasks: a thread that is stuck or stopped stops it, and the watchdog with it
+/// (crate::supervisor).
+async fn heartbeat(board: Arc<Board>) {
+    loop {
+        board.tick_control();
+        glommio::timer::sleep(crate::metrics::CONTROL_TICK).await;
+    }
 }
 
 /// The audit line of a start: the version and the sequence the server starts from.

@@ -11,7 +11,7 @@ pub mod exposition;
 pub mod http;
 pub mod scrape;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -180,7 +180,13 @@ pub struct Board {
     pub fail_closed: Arc<AtomicBool>,
     /// Replicated mode: what the NATS thread knows of the stream, read on each scrape.
     pub replication: std::sync::OnceLock<Arc<crate::replication::StreamStatus>>,
+    /// Ticks of the control plane's heartbeat task, one every [`CONTROL_TICK`] while its
+    /// executor runs tasks (the watchdog's view of the control plane).
+    control_ticks: AtomicU64,
 }
+
+/// How often the control plane's heartbeat ticks.
+pub const CONTROL_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Board {
     pub fn new(shards: usize, snapshot_records: u64, snapshot_sequence: u64) -> Board {
@@ -192,6 +198,7 @@ impl Board {
             snapshot_sequence,
             fail_closed: Arc::new(AtomicBool::new(false)),
             replication: std::sync::OnceLock::new(),
+            control_ticks: AtomicU64::new(0),
         }
     }
 
@@ -247,6 +254,16 @@ impl Board {
         } else {
             Err(format!("starting: {}", starting.join(", ")))
         }
+    }
+
+    /// Counts one heartbeat of the control plane.
+    pub fn tick_control(&self) {
+        self.control_ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The control plane's heartbeat count.
+    pub fn control_ticks(&self) -> u64 {
+        self.control_ticks.load(Ordering::Relaxed)
     }
 
     /// Every shard's tick count, in shard order.
