@@ -272,6 +272,20 @@ fn finish_initialisation(path: &Path, staging: &Path) -> Result<(), DataDirError
     sync_directory(path)
 }
 
+/// Creates (or truncates) `path` for writing, readable and writable by its owner alone (0600),
+/// whatever the umask, and whatever mode a file left there before had: every file in a data
+/// directory, and every temporary one beside them, is made this way.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
 /// Replaces the file at `path` with `bytes`, atomically and durably: written to `PATH.tmp`
 /// (mode 0600) and fsynced, renamed over `path`, the directory fsynced. A failure leaves the
 /// old file as it was (and removes the staged one).
@@ -280,12 +294,7 @@ pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     staged.push(".tmp");
     let staged = PathBuf::from(staged);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged)?;
+        let mut file = create_private(&staged)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&staged, path)?;

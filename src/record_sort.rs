@@ -91,7 +91,7 @@ impl RecordSort {
             std::process::id()
         ));
         self.runs.push(path.clone());
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+        let mut out = BufWriter::with_capacity(1 << 20, crate::datadir::create_private(&path)?);
         for &(_, start, length) in &self.run_index {
             let (start, length) = (start as usize, length as usize);
             out.write_all(&(length as u32).to_le_bytes())?;

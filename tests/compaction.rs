@@ -140,3 +140,43 @@ fn verify_answers_stay_right_through_compactions() {
         assert_eq!(status, key.expected);
     }
 }
+
+#[test]
+fn every_file_a_compaction_writes_is_private_whatever_the_umask() {
+    //! A compaction wrote snapshot.kws and deltas.log with the umask's mode: 0644 under 022.
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let directory = tempfile::tempdir().unwrap();
+    let mut command = common::keyward_command(directory.path(), &["--shards", "1"]);
+    // SAFETY: umask is async-signal-safe; nothing else runs in the child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    let server = common::Server::start_command(command, directory.path());
+    let mut admin = server.admin();
+    for _ in 0..3 {
+        admin
+            .call(opcode::ISSUE, &json!({ "tenant": "acme" }))
+            .unwrap();
+        admin.call(opcode::COMPACT, &json!({})).unwrap();
+    }
+    let (status, _) = server.stop();
+    assert!(status.success());
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(directory.path()).unwrap() {
+        let entry = entry.unwrap();
+        let metadata = entry.metadata().unwrap();
+        if metadata.is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mode = metadata.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+            seen.push(name);
+        }
+    }
+    for name in ["snapshot.kws", "deltas.log", "audit.log"] {
+        assert!(seen.iter().any(|s| s == name), "{name} not in {seen:?}");
+    }
+}

@@ -543,7 +543,7 @@ impl DeltaLog {
     /// directory fsynced. Always in the current format.
     pub fn rewrite(&mut self, follows: u64, keep: &[Vec<u8>]) -> Result<(), LogError> {
         let temporary = self.path.with_extension("log.tmp");
-        let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
+        let mut file = crate::datadir::create_private(&temporary).map_err(io_error(&temporary))?;
         let mut bytes = file_header(follows).to_vec();
         for encoded in keep {
             bytes.extend_from_slice(encoded);

@@ -423,7 +423,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         std::process::id()
     ));
     let result = (|| {
-        let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
+        let mut file = crate::datadir::create_private(&temporary).map_err(io_error(&temporary))?;
         file.write_all(bytes).map_err(io_error(&temporary))?;
         file.sync_all().map_err(io_error(&temporary))?;
         fs::rename(&temporary, path).map_err(io_error(path))?;

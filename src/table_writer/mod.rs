@@ -86,7 +86,7 @@ impl TableWriter {
         scopes: Vec<String>,
     ) -> Result<TableWriter, SnapshotError> {
         let spool_path = sibling(path, "spool");
-        let spool = File::create(&spool_path).map_err(io_error(&spool_path))?;
+        let spool = crate::datadir::create_private(&spool_path).map_err(io_error(&spool_path))?;
         Ok(TableWriter::with_spool(
             path,
             Spool::File {
@@ -256,12 +256,7 @@ impl TableWriter {
         let (parts, source) = self.into_parts()?;
         let temporary = sibling(path, "tmp");
         let result = (|| {
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temporary)
-                .map_err(io_error(&temporary))?;
+            let file = crate::datadir::create_private(&temporary).map_err(io_error(&temporary))?;
             let mut out = BufWriter::with_capacity(1 << 20, &file);
             out.write_all(&[0u8; HEADER_BYTES])
                 .map_err(io_error(&temporary))?;
