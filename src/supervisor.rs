@@ -1,7 +1,7 @@
 //! Talking to a service manager (systemd's `Type=notify`, sd_notify(3)): `STATUS=` lines while
 //! starting, `READY=1` once every shard's loop and the control plane's run, `WATCHDOG=1` pings
-//! while every shard and the control plane keep ticking, `STOPPING=1` on the way out. Without `NOTIFY_SOCKET` in the
-//! environment every call here does nothing.
+//! while every shard and the control plane keep ticking, `STOPPING=1` on the way out. Without
+//! `NOTIFY_SOCKET` in the environment every call here does nothing.
 //!
 //! The watchdog: a shard's loop ticks at least every 50 ms, busy or idle (`ShardMetrics::ticks`),
 //! and so does a heartbeat task of the control plane (`Board::control_ticks`). Every half of
@@ -41,7 +41,8 @@ const STATUS_PERIOD: Duration = Duration::from_secs(1);
 
 /// Starts the notifier thread: it sends `READY=1` with `serving` as the status once every shard
 /// and the control plane run, then keeps the status line true to `/readyz` and pings the
-/// watchdog while every shard and the control plane tick, until `shutdown`. `None` without a service manager.
+/// watchdog while every shard and the control plane tick, until `shutdown`. `None` without a
+/// service manager.
 pub fn spawn(
     board: Arc<Board>,
     shutdown: Shutdown,
@@ -86,12 +87,13 @@ fn notify_loop(board: &Board, shutdown: &Shutdown, serving: &str, watchdog: Opti
         }
         next += period;
         let current = board.shard_ticks();
+        let control_current = board.control_ticks();
         let stuck = Stuck {
             shards: stalled(&ticks, &current),
-            control: board.control_ticks() <= control_ticks,
+            control: control_current <= control_ticks,
         };
         ticks = current;
-        control_ticks = board.control_ticks();
+        control_ticks = control_current;
         let line = if stuck.is_none() {
             stalled_since = None;
             if watchdog.is_some() {
