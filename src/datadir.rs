@@ -298,13 +298,24 @@ pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&staged, path)?;
-        let directory = path.parent().filter(|p| !p.as_os_str().is_empty());
-        File::open(directory.unwrap_or(Path::new(".")))?.sync_all()
+        sync_parent(path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&staged);
     }
     result
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_directory(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Makes a rename into `path`'s directory durable: fsyncs that directory.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    File::open(parent_directory(path))?.sync_all()
 }
 
 fn sync_directory(path: &Path) -> Result<(), DataDirError> {

@@ -351,18 +351,49 @@ fn pings(got: &[(Instant, Vec<String>)]) -> Vec<Instant> {
         .collect()
 }
 
+/// One of a process's threads: its id, its name and the CPUs it may run on
+/// (`Cpus_allowed_list`).
+#[derive(Debug)]
+struct Thread {
+    id: i32,
+    name: String,
+    cpus: String,
+}
+
+/// Every thread of process `pid`, from /proc.
+fn threads(pid: u32) -> Vec<Thread> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        let path = task.path();
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("status")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let cpus = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        threads.push(Thread {
+            id: task.file_name().to_str().unwrap().parse().unwrap(),
+            name: name.trim().to_string(),
+            cpus,
+        });
+    }
+    threads
+}
+
 /// The id of the server's first thread named `name` (threads a thread starts take its name, so
 /// the one that started the others has the lowest id).
 fn thread_id(pid: u32, name: &str) -> i32 {
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let entry = entry.unwrap();
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            ids.push(entry.file_name().to_str().unwrap().parse().unwrap());
-        }
-    }
-    ids.into_iter()
+    threads(pid)
+        .into_iter()
+        .filter(|thread| thread.name == name)
+        .map(|thread| thread.id)
         .min()
         .unwrap_or_else(|| panic!("no thread {name} in process {pid}"))
 }
@@ -528,28 +559,6 @@ fn output_to_a_reader_that_has_gone_ends_quietly_not_in_a_panic() {
     assert_eq!(stderr, "");
 }
 
-/// Each of a process's threads: its name and the CPUs it may run on (`Cpus_allowed_list`).
-fn threads_and_cpus(pid: u32) -> Vec<(String, String)> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let (Ok(name), Ok(status)) = (
-            std::fs::read_to_string(task.join("comm")),
-            std::fs::read_to_string(task.join("status")),
-        ) else {
-            continue; // the thread ended meanwhile
-        };
-        let cpus = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim()
-            .to_string();
-        threads.push((name.trim().to_string(), cpus));
-    }
-    threads
-}
-
 #[test]
 fn threads_that_are_not_shards_stay_off_the_shards_cpus() {
     let allowed = core_affinity::get_core_ids().unwrap_or_default();
@@ -572,20 +581,24 @@ fn threads_that_are_not_shards_stay_off_the_shards_cpus() {
         let server = common::Server::start(dir.path(), &args);
         let mut client = Client::connect(server.address).unwrap();
         client.ping().unwrap();
-        let threads = threads_and_cpus(server.child.id());
-        let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
+        let threads = threads(server.child.id());
+        let names: Vec<&str> = threads.iter().map(|thread| thread.name.as_str()).collect();
         assert!(names.contains(&"keyward-shard-0"), "{threads:?}");
         assert!(names.contains(&"keyward-control"), "{threads:?}");
-        for (name, cpus) in &threads {
-            if name.starts_with("iou-") {
+        for thread in &threads {
+            if thread.name.starts_with("iou-") {
                 continue; // the kernel's io_uring workers follow the ring, not us
             }
-            let expected = if name.starts_with("keyward-shard") {
+            let expected = if thread.name.starts_with("keyward-shard") {
                 &shard
             } else {
                 &other
             };
-            assert_eq!(cpus, expected, "{name} with {args:?}: {threads:?}");
+            assert_eq!(
+                &thread.cpus, expected,
+                "{} with {args:?}: {threads:?}",
+                thread.name
+            );
         }
         let (status, _) = server.stop();
         assert!(status.success());

@@ -637,14 +637,9 @@ pub fn inspect(bytes: &[u8]) -> Result<LogReport, DecodeError> {
     Ok(report)
 }
 
+/// Makes the rename into `path`'s directory durable.
 fn sync_directory(path: &Path) -> Result<(), LogError> {
-    let directory = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(directory)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(directory))
+    crate::datadir::sync_parent(path).map_err(io_error(crate::datadir::parent_directory(path)))
 }
 
 #[cfg(test)]

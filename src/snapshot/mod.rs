@@ -437,13 +437,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
 
 /// Makes a rename into `path`'s directory durable (fsync of the directory).
 pub(crate) fn sync_parent(path: &Path) -> Result<(), SnapshotError> {
-    let directory = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(directory)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(directory))
+    crate::datadir::sync_parent(path).map_err(io_error(crate::datadir::parent_directory(path)))
 }
 
 /// A validated, mapped snapshot. Shared read-only by every shard (`Arc<Snapshot>`).
